@@ -17,6 +17,8 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_cli(body: Callable[[], int]) -> int:

@@ -1,0 +1,115 @@
+"""The search command's configuration: presets, flags, one frozen dataclass.
+
+Resolution order: dataclass defaults < ``--preset`` < ``--profile`` (round_to) < flags
+given explicitly on the command line. The resolved config is written to
+``config.json`` in the run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from legr_edge.errors import LegrError
+
+DEFAULT_TARGETS = (0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    out: str | None = None
+    preset: str = "default"
+    profile: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    val_fraction: float = 0.1
+    batch_size: int = 64
+    # dense pretraining (when no checkpoint is given)
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 0.1
+    # the ranking search
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    search_target: float | None = None   # default: the smallest target
+    population: int = 16
+    sample: int = 4
+    candidates: int = 48
+    tau: int = 40
+    tau_lr: float = 0.01
+    fitness: str = "accuracy"            # accuracy | loss
+    round_to: int = 1
+    min_fraction: float = 0.1
+    min_channels: int = 2
+    ignore_layers: tuple[str, ...] = ()
+    # the family
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.01
+    export: bool = True
+    opset: int | None = None
+
+    def __post_init__(self):
+        for t in self.targets:
+            _check_fraction(t, "--targets value")
+        if not self.targets:
+            raise LegrError("--targets is empty")
+        if self.search_target is not None:
+            _check_fraction(self.search_target, "--search-target")
+        if self.fitness not in ("accuracy", "loss"):
+            raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise LegrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LegrError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("batch_size", "population", "sample", "candidates", "round_to"):
+            if getattr(self, name) < 1:
+                raise LegrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("pretrain_epochs", "tau", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def effective_search_target(self) -> float:
+        return self.search_target if self.search_target is not None else min(self.targets)
+
+    @property
+    def run_dir(self) -> str:
+        return self.out or f"runs/{self.model.replace(':', '.').replace('/', '_')}-{self.dataset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds, for tests and checks: a few candidates, a few steps.
+    "smoke": dict(pretrain_epochs=2, population=4, sample=2, candidates=6, tau=5,
+                  finetune_epochs=1, targets=(0.5, 0.3), batch_size=64),
+    # The embedded default run (digits + ResNet-20): under 10 minutes on 2 CPU cores.
+    "default": {},
+    # The published hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
+    "paper": dict(pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
+                  batch_size=128, tau_lr=0.01, finetune_epochs=200, finetune_lr=0.01),
+}
+
+FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
+
+
+def resolve(explicit: dict[str, Any], profile_round_to: int | None = None) -> SearchConfig:
+    """Build the config from a preset and explicitly given options (unknown keys are errors)."""
+    unknown = sorted(set(explicit) - FIELDS)
+    if unknown:
+        raise LegrError(f"unknown configuration keys: {', '.join(unknown)}")
+    preset = explicit.get("preset", "default")
+    if preset not in PRESETS:
+        raise LegrError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    if profile_round_to is not None:
+        values["round_to"] = profile_round_to
+    values.update(explicit)
+    return SearchConfig(**values)
+
+
+def _check_fraction(value: float, name: str) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise LegrError(f"{name} must be in (0, 1], got {value!r}")

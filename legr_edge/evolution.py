@@ -1,0 +1,151 @@
+"""Regularized (aging) evolution of LeGR's per-layer affine transforms.
+
+This module knows nothing about networks: a candidate is a pair of vectors
+(alpha, kappa), and a caller-supplied function returns its fitness (higher is better).
+The state is saved atomically after every candidate, so a killed search resumes where
+it stopped and ends with the same result as an uninterrupted one (the fitness function
+must be deterministic per candidate index, which the caller ensures by seeding).
+
+Schedule (Real et al. 2019, as LeGR uses it): the first ``population`` candidates are
+the initial population (member 0 is the identity transform, so plain global L2 pruning
+is always in the pool); after that each step samples ``sample`` members, mutates the
+fittest, evaluates the child, appends it and removes the OLDEST member.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from legr_edge import io
+from legr_edge.errors import LegrError
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "legr_edge.evolution/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionSettings:
+    population: int = 64
+    sample: int = 16
+    candidates: int = 400
+    mutate_fraction: float = 0.1   # share of layers mutated per child (distinct layers)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.population < 1 or self.candidates < 1:
+            raise LegrError("population and candidates must be >= 1")
+        if not 1 <= self.sample <= self.population:
+            raise LegrError(f"sample ({self.sample}) must be in 1..population ({self.population})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    index: int
+    alpha: list[float]
+    kappa: list[float]
+    fitness: float
+    info: dict[str, Any]
+
+
+FitnessFn = Callable[[int, np.ndarray, np.ndarray], tuple[float, dict[str, Any]]]
+
+
+@dataclasses.dataclass
+class EvolutionState:
+    settings: EvolutionSettings
+    sigma: list[float]
+    rng_state: dict[str, Any]
+    history: list[Candidate]
+    population: list[int]          # indices into history, oldest first
+
+    @classmethod
+    def fresh(cls, settings: EvolutionSettings, sigma: np.ndarray) -> "EvolutionState":
+        rng = np.random.default_rng(settings.seed)
+        return cls(settings, [float(s) for s in sigma], rng.bit_generator.state, [], [])
+
+    def best(self) -> Candidate:
+        return max(self.history, key=lambda c: (c.fitness, -c.index))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "settings": dataclasses.asdict(self.settings),
+                "sigma": self.sigma, "rng_state": self.rng_state,
+                "history": [dataclasses.asdict(c) for c in self.history],
+                "population": self.population}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvolutionState":
+        if data.get("format") != STATE_FORMAT:
+            raise LegrError(f"search state has format {data.get('format')!r}, expected {STATE_FORMAT!r}")
+        return cls(EvolutionSettings(**data["settings"]), data["sigma"], data["rng_state"],
+                   [Candidate(**c) for c in data["history"]], data["population"])
+
+
+def load_state(path: Path) -> EvolutionState:
+    try:
+        return EvolutionState.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise LegrError(f"{path}: corrupt search state ({e}); delete it to start the search anew") from e
+
+
+def evolve(fitness: FitnessFn, state: EvolutionState, state_path: Path | None = None,
+           on_candidate: Callable[[Candidate], None] | None = None) -> Candidate:
+    """Run (or continue) the evolution until ``settings.candidates`` were evaluated."""
+    s = state.settings
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.rng_state
+    sigma = np.asarray(state.sigma, dtype=np.float64)
+    while len(state.history) < s.candidates:
+        k = len(state.history)
+        alpha, kappa = (_initial(k, sigma, rng) if k < s.population
+                        else _child(state, sigma, rng, k))
+        value, info = fitness(k, alpha, kappa)
+        cand = Candidate(k, alpha.tolist(), kappa.tolist(), float(value), info)
+        state.history.append(cand)
+        state.population.append(k)
+        if len(state.population) > s.population:
+            state.population.pop(0)  # aging: the oldest dies, not the worst
+        state.rng_state = rng.bit_generator.state
+        if state_path is not None:
+            io.write_json(state_path, state.to_json())
+        if on_candidate is not None:
+            on_candidate(cand)
+    return state.best()
+
+
+def _initial(k: int, sigma: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = len(sigma)
+    if k == 0:
+        return np.ones(n), np.zeros(n)
+    return np.exp(rng.normal(0.0, 1.0, n)), rng.normal(0.0, 1.0, n) * sigma
+
+
+def _child(state: EvolutionState, sigma: np.ndarray, rng: np.random.Generator,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = state.settings
+    picks = rng.choice(len(state.population), size=s.sample, replace=False)
+    parent = max((state.history[state.population[i]] for i in picks), key=lambda c: c.fitness)
+    step = mutation_step(k, s.candidates)
+    return mutate(np.asarray(parent.alpha), np.asarray(parent.kappa), sigma, step, s.mutate_fraction, rng)
+
+
+def mutation_step(k: int, candidates: int) -> float:
+    """Std of the log-alpha mutation: decays linearly from 1.0 over the run."""
+    return max(1.0 - k / candidates, 1.0 / candidates)
+
+
+def mutate(alpha: np.ndarray, kappa: np.ndarray, sigma: np.ndarray, step: float,
+           fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Perturb about ``fraction`` of the layers, each layer at most once."""
+    n = len(alpha)
+    layers = rng.choice(n, size=max(1, int(math.ceil(fraction * n))), replace=False)
+    alpha, kappa = alpha.copy(), kappa.copy()
+    alpha[layers] *= np.exp(rng.normal(0.0, step, len(layers)))
+    kappa[layers] += rng.normal(0.0, 1.0, len(layers)) * sigma[layers]
+    return alpha, kappa

@@ -1,0 +1,135 @@
+"""LeGR's global filter ranking: score, transform, and cut to a MAC target.
+
+Each scored conv layer ``l`` has base scores ``s_i = ||theta_i||_2^2`` (squared L2 norm
+of each output filter's raw weights). A learned affine transform per layer,
+``I_i = alpha_l * s_i + kappa_l``, makes them comparable across layers; coupled channels
+(one global channel index) sum their members' transformed scores. Pruning to a target
+keeps the top-scored channels, found by binary search of one global threshold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch.nn as nn
+
+from legr_edge.errors import LegrError
+from legr_edge.prune.coupling import Coupling
+from legr_edge.prune.cost import CostModel
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerScores:
+    """Base filter scores laid out for fast transformed-score computation."""
+
+    layer_names: tuple[str, ...]
+    entry_layer: np.ndarray    # layer index of each (layer, filter) entry
+    entry_score: np.ndarray    # s_i of that filter
+    entry_chan: np.ndarray     # global channel the filter belongs to
+    sigma: np.ndarray          # per-layer std of base scores (scale for kappa)
+    num_channels: int
+
+    def transformed(self, alpha: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+        """Global channel scores under per-layer ``alpha``/``kappa``."""
+        values = alpha[self.entry_layer] * self.entry_score + kappa[self.entry_layer]
+        return np.bincount(self.entry_chan, weights=values, minlength=self.num_channels)
+
+    def identity(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.layer_names)
+        return np.ones(n), np.zeros(n)
+
+
+def base_scores(model: nn.Module, coupling: Coupling) -> LayerScores:
+    """Squared L2 norm of every scored conv filter, mapped to its global channel."""
+    modules = dict(model.named_modules())
+    layer_ids, scores, chans, sigma = [], [], [], []
+    out_members = {m.name: m for m in coupling.members() if m.is_out}
+    for li, name in enumerate(coupling.scored_layers):
+        member = out_members[name]
+        weight = modules[name].weight.detach().float().cpu()
+        s = weight.pow(2).flatten(1).sum(1).numpy()[member.idxs]
+        layer_ids.append(np.full(len(s), li))
+        scores.append(s.astype(np.float64))
+        chans.append(member.roots)
+        sigma.append(float(np.std(s)) if len(s) > 1 else 0.0)
+    return LayerScores(
+        layer_names=coupling.scored_layers, entry_layer=np.concatenate(layer_ids),
+        entry_score=np.concatenate(scores), entry_chan=np.concatenate(chans),
+        sigma=np.asarray(sigma), num_channels=coupling.num_channels,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruner:
+    """Turns global channel scores into a keep-mask that meets a MAC target."""
+
+    coupling: Coupling
+    cost: CostModel
+    round_to: int = 1
+    min_fraction: float = 0.1
+    min_channels: int = 2
+
+    def __post_init__(self):
+        if self.round_to < 1:
+            raise LegrError(f"--round-to must be >= 1, got {self.round_to}")
+        sizes = np.array([g.size for g in self.coupling.groups])
+        object.__setattr__(self, "_sizes", sizes)
+        object.__setattr__(self, "_group", self.coupling.group_of_channel)
+        object.__setattr__(self, "_floor", self._floors(sizes))
+        object.__setattr__(self, "dense_macs", self.cost.dense_macs(int(sizes.sum())))
+
+    def _floors(self, sizes: np.ndarray) -> np.ndarray:
+        floor = np.maximum(self.min_channels, np.ceil(self.min_fraction * sizes))
+        floor = np.ceil(floor / self.round_to) * self.round_to
+        return np.minimum(floor, sizes).astype(np.int64)
+
+    def group_counts(self, raw: np.ndarray) -> np.ndarray:
+        """Apply the per-group floor and the rounding to multiples of ``round_to``."""
+        n = self.round_to
+        rounded = np.where(raw >= self._sizes, self._sizes, np.floor(raw / n + 0.5) * n)
+        return np.maximum(self._floor, np.minimum(rounded, self._sizes)).astype(np.int64)
+
+    def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float) -> np.ndarray:
+        raw = np.bincount(self._group, weights=(scores >= threshold), minlength=len(self._sizes))
+        counts = self.group_counts(raw)
+        return ranks < counts[self._group]
+
+    def prune_to(self, scores: np.ndarray, target: float) -> tuple[np.ndarray, int]:
+        """Keep-mask with the largest MACs <= ``target`` * dense MACs, and those MACs.
+
+        Binary search over the sorted distinct scores: a higher threshold never keeps
+        more channels, so MACs fall monotonically. If even the per-layer floors exceed
+        the target, the floor network is returned (its MACs say so).
+        """
+        if not 0.0 < target <= 1.0:
+            raise LegrError(f"target must be in (0, 1], got {target}")
+        budget = target * self.dense_macs
+        ranks = within_group_ranks(scores, self._group)
+        levels = np.append(np.unique(scores), np.inf)
+        lo, hi = 0, len(levels) - 1  # levels[hi] keeps only the floors
+        if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[lo])) <= budget:
+            hi = lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[mid])) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        mask = self.mask_for_threshold(scores, ranks, levels[hi])
+        return mask, self.cost.macs(mask)
+
+
+def within_group_ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Rank of each channel inside its group, 0 = highest score (ties by index)."""
+    order = np.lexsort((np.arange(len(scores)), -scores, group))
+    ranks = np.empty(len(scores), dtype=np.int64)
+    starts = np.searchsorted(group[order], group[order], side="left")
+    ranks[order] = np.arange(len(scores)) - starts
+    return ranks
+
+
+def required(value: float, name: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise LegrError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

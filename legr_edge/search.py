@@ -1,0 +1,119 @@
+"""Learn a LeGR global filter ranking and produce a family of pruned networks.
+
+Examples (from the repository root):
+
+    # the embedded default: digits (ships with the package) + CIFAR ResNet-20
+    python -m legr_edge.search
+    # a seconds-long check of the whole pipeline
+    python -m legr_edge.search --preset smoke --out runs/smoke
+    # CIFAR-10 from the python-pickle folder, a pretrained checkpoint, widths for TensorRT
+    python -m legr_edge.search --model resnet56 --dataset cifar10 --data-dir ~/data/cifar-10-batches-py \\
+        --checkpoint resnet56.pt --profile profiles/jetson-orin-nano.toml --preset paper
+    # your own CNN: a factory function returning an nn.Module, plus its state_dict
+    python -m legr_edge.search --model mypkg.nets:make_net --checkpoint net.pt --dataset imagefolder \\
+        --data-dir ~/data/flowers
+    # continue an interrupted run
+    python -m legr_edge.search --out runs/resnet20-digits --resume
+
+Writes into --out (default runs/<model>-<dataset>): config.json, ranking.json,
+search_log.csv, models/<name>/{arch.json,weights.pt,metrics.json}, flops_table.csv,
+tradeoff_flops.png, and (unless --no-export) onnx/ + data/eval.npz for the device.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from legr_edge.cli import run_cli, setup_logging
+from legr_edge.errors import LegrError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m legr_edge.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="registered name (see --list-models) or package.module:factory; default resnet20")
+    g.add_argument("--checkpoint", help="state_dict of the dense model; without it the model is trained first")
+    g.add_argument("--dataset", help="digits (default, embedded), shapes (generated), cifar10, cifar100, imagefolder")
+    g.add_argument("--data-dir", help="folder of cifar10/cifar100 (python pickle batches) or imagefolder (train/, val/)")
+    g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation (0.1)")
+    g.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    g = p.add_argument_group("run")
+    g.add_argument("--preset", help="smoke (seconds), default (embedded run, <10 min on 2 CPU cores), paper")
+    g.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--device", help="auto (default), cpu or cuda")
+    g.add_argument("--seed", type=int, help="seed of everything random (0)")
+    g.add_argument("--batch-size", type=int, help="training batch size")
+    g.add_argument("--pretrain-epochs", type=int, help="epochs of dense training when no --checkpoint")
+    g.add_argument("--pretrain-lr", type=float, help="peak learning rate of dense training (cosine)")
+    g = p.add_argument_group("pruning and search")
+    g.add_argument("--targets", type=_floats, help="MAC fractions to keep, comma separated (0.8,0.6,0.5,0.4,0.3,0.2)")
+    g.add_argument("--search-target", type=float, help="MAC fraction the ranking is learned at (smallest target)")
+    g.add_argument("--population", type=int, help="evolution population P")
+    g.add_argument("--sample", type=int, help="tournament sample S")
+    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included")
+    g.add_argument("--tau", type=int, help="fine-tune SGD steps per candidate before measuring fitness")
+    g.add_argument("--tau-lr", type=float, help="learning rate of those steps (0.01)")
+    g.add_argument("--fitness", help="accuracy (default) or loss, on the validation split")
+    g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (hardware-friendly)")
+    g.add_argument("--profile", help="device profile TOML (its round_to and opset are used unless given)")
+    g.add_argument("--min-fraction", type=float, help="per-layer floor as a share of its channels (0.1)")
+    g.add_argument("--min-channels", type=int, help="per-layer floor in channels (2)")
+    g.add_argument("--ignore-layers", type=_names, help="comma-separated module names never pruned")
+    g = p.add_argument_group("family and export")
+    g.add_argument("--finetune-epochs", type=int, help="fine-tune epochs of every family member")
+    g.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (SGD Nesterov, x0.2 at 30/60/80%%)")
+    g.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX export at the end")
+    g.add_argument("--opset", type=int, help="ONNX opset of the export (default: the profile's, else 18)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    setup_logging(args.pop("verbose", False))
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: dict[str, Any]) -> int:
+    if args.pop("list_models", False):
+        from legr_edge.models.registry import list_models
+        print("\n".join(list_models()))
+        return 0
+    from legr_edge.config import resolve
+    from legr_edge.workflow import run_search
+
+    resume = args.pop("resume", False)
+    round_to = None
+    if "profile" in args:
+        round_to = _profile_round_to(args["profile"])
+    run_search(resolve(args, round_to), resume)
+    return 0
+
+
+def _profile_round_to(profile: str) -> int:
+    try:
+        from legr_edge.device.profiles import load_profile
+    except ImportError as e:
+        raise LegrError(f"cannot read device profiles: {e}") from e
+    return load_profile(profile).round_to
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

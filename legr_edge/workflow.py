@@ -1,0 +1,280 @@
+"""The workstation pipeline behind ``python -m legr_edge.search``.
+
+Stages, each resumable from the run directory:
+1. dense model: load ``--checkpoint`` or pretrain; saved as ``models/dense``;
+2. ranking: regularized evolution of per-layer (alpha, kappa) at the search target,
+   state saved after every candidate (``search_state.json``), result ``ranking.json``;
+3. family: prune the dense model with the learned ranking at every target, fine-tune,
+   evaluate (``models/<name>``, one ``metrics.json`` each when finished);
+4. reports: ``flops_table.csv`` + ``tradeoff_flops.png``; then ONNX export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from legr_edge import io, report
+from legr_edge.config import SearchConfig
+from legr_edge.errors import LegrError
+from legr_edge.evolution import EvolutionSettings, EvolutionState, evolve, load_state
+from legr_edge.models import arch
+from legr_edge.models.registry import create_model
+from legr_edge.prune.coupling import build_coupling
+from legr_edge.prune.cost import build_cost_model, count_params
+from legr_edge.prune.ranking import LayerScores, Pruner, base_scores
+from legr_edge.prune.surgery import prune_model
+from legr_edge.train import SGDSettings, evaluate, fit, train_steps
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ between an interrupted run and its --resume.
+RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "profile"}
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything the stages share once the data and the dense model are ready."""
+
+    cfg: SearchConfig
+    run: Path
+    device: torch.device
+    data: Any                 # legr_edge.data.DataBundle
+    dense: nn.Module
+    scores: LayerScores
+    pruner: Pruner
+
+    @property
+    def info(self):
+        return self.data.info
+
+
+def run_search(cfg: SearchConfig, resume: bool) -> Path:
+    run = prepare_run_dir(cfg, resume)
+    device = pick_device(cfg.device)
+    data = load_data(cfg)
+    dense, dense_row = dense_model(cfg, data, run, device)
+    ctx = make_context(cfg, run, device, data, dense)
+    log.info("dense %s: %.2f MMACs, %d params, val top-1 %.2f, test top-1 %.2f; %d channel groups, %d scored layers",
+             cfg.model, dense_row["macs"] / 1e6, dense_row["params"], dense_row["val_top1"],
+             dense_row["test_top1"], len(ctx.pruner.coupling.groups), len(ctx.scores.layer_names))
+    alpha, kappa = search_ranking(ctx)
+    rows = [dense_row] + build_family(ctx, alpha, kappa)
+    report.write_flops_table(run, rows)
+    report.plot_tradeoff(run, rows, f"{cfg.model} on {cfg.dataset}: LeGR family")
+    print(report.format_flops_table(rows))
+    if cfg.export:
+        from legr_edge.export import export_run
+        export_run(run, opset=cfg.opset, profile=cfg.profile)
+    log.info("done: %s", run)
+    return run
+
+
+def prepare_run_dir(cfg: SearchConfig, resume: bool) -> Path:
+    run = Path(cfg.run_dir)
+    saved = run / "config.json"
+    if saved.exists():
+        if not resume:
+            raise LegrError(f"{run} already holds a run (config.json); pass --resume to continue it "
+                            "or choose another --out")
+        _check_same_run(saved, cfg)
+    elif run.exists() and any(run.iterdir()) and not resume:
+        raise LegrError(f"{run} exists and is not empty; choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    io.write_json(saved, cfg.to_dict())
+    return run
+
+
+def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
+    try:
+        old = json.loads(saved.read_text())
+    except json.JSONDecodeError as e:
+        raise LegrError(f"{saved}: corrupt ({e})") from e
+    new = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in new if k not in RESUME_MAY_DIFFER and old.get(k) != new[k])
+    if diff:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
+        raise LegrError(f"--resume with different settings than {saved}: {details}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LegrError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_data(cfg: SearchConfig):
+    from legr_edge.data import load_dataset
+    from legr_edge.models.registry import model_config
+
+    size = model_config(cfg.model).input_size[1:] if cfg.dataset == "imagefolder" else None
+    return load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=0,
+                        image_size=size)
+
+
+def example_input(info, device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, info.in_chans, *info.image_size, device=device)
+
+
+def model_meta(cfg: SearchConfig, info, **extra: Any) -> dict[str, Any]:
+    return {"model": cfg.model, "dataset": cfg.dataset, "num_classes": info.num_classes,
+            "in_chans": info.in_chans, "input_size": [info.in_chans, *info.image_size],
+            "mean": list(info.mean), "std": list(info.std), **extra}
+
+
+def dense_model(cfg: SearchConfig, data, run: Path, device: torch.device):
+    """The pretrained network: saved one if resuming, else --checkpoint, else trained here."""
+    info, out = data.info, run / "models" / "dense"
+    if (out / "metrics.json").exists():
+        log.info("dense model: reusing %s", out)
+        return arch.load_model(out, device), json.loads((out / "metrics.json").read_text())
+    model = create_model(cfg.model, info.num_classes, info.in_chans)
+    _check_input(model, info)
+    model.to(device)
+    if cfg.checkpoint:
+        arch.load_weights(model, cfg.checkpoint, device)
+        val, _ = evaluate(model, data.val, info, device)
+    else:
+        settings = SGDSettings(lr=cfg.pretrain_lr, nesterov=True, batch_size=cfg.batch_size)
+        model, val = fit(model, data.train, data.val, info, cfg.pretrain_epochs, settings, device,
+                         cfg.seed, "pretrain")
+    return model, _finish_member(cfg, data, model, out, "dense", 1.0, val, None)
+
+
+def _check_input(model: nn.Module, info) -> None:
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, info.in_chans, *info.image_size))
+    except Exception as e:
+        raise LegrError(f"model does not accept {info.name} inputs of shape "
+                        f"{(info.in_chans, *info.image_size)}: {type(e).__name__}: {e}") from e
+    if out.dim() != 2 or out.shape[1] != info.num_classes:
+        raise LegrError(f"model output shape {tuple(out.shape)} does not match {info.num_classes} classes")
+
+
+def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: float,
+                   dense_macs: int | None) -> dict[str, Any]:
+    """Evaluate on test (once, for the report), save weights + arch + metrics."""
+    from legr_edge.prune.cost import count_macs
+
+    info = data.info
+    device = next(model.parameters()).device
+    test, _ = evaluate(model, data.test, info, device)
+    macs = count_macs(model, example_input(info, device))
+    row = {"name": name, "target": target, "macs": macs,
+           "macs_ratio": macs / (dense_macs or macs), "params": count_params(model),
+           "val_top1": val, "test_top1": test, "path": f"models/{name}"}
+    arch.save_model(model, out, model_meta(cfg, info, name=name, target=target, macs=macs))
+    io.write_json(out / "metrics.json", row)
+    return row
+
+
+def make_context(cfg, run, device, data, dense) -> Context:
+    example = example_input(data.info, device)
+    coupling = build_coupling(dense, example, cfg.ignore_layers)
+    cost = build_cost_model(dense, example, coupling)
+    pruner = Pruner(coupling, cost, cfg.round_to, cfg.min_fraction, cfg.min_channels)
+    return Context(cfg, run, device, data, dense, base_scores(dense, coupling), pruner)
+
+
+def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """Learn (alpha, kappa) by regularized evolution; resumes from search_state.json."""
+    cfg, run = ctx.cfg, ctx.run
+    if (run / "ranking.json").exists():
+        ranking = json.loads((run / "ranking.json").read_text())
+        log.info("ranking: reusing %s (best fitness %.4f)", run / "ranking.json", ranking["best_fitness"])
+        return (np.array([l["alpha"] for l in ranking["layers"]]),
+                np.array([l["kappa"] for l in ranking["layers"]]))
+    settings = EvolutionSettings(cfg.population, cfg.sample, cfg.candidates, 0.1, cfg.seed)
+    state_path = run / "search_state.json"
+    state = load_state(state_path) if state_path.exists() else EvolutionState.fresh(settings, ctx.scores.sigma)
+    if state.settings != settings:
+        raise LegrError(f"{state_path} was made with other search settings; delete it or match them")
+    rows = [_log_row(c, ctx.pruner.dense_macs) for c in state.history]
+    if rows:
+        log.info("ranking: resuming the search after %d of %d candidates", len(rows), cfg.candidates)
+    bar = tqdm(total=cfg.candidates, initial=len(rows), desc="search", unit="cand", leave=False, disable=None)
+
+    def record(cand) -> None:
+        rows.append(_log_row(cand, ctx.pruner.dense_macs))
+        io.write_csv(run / "search_log.csv", rows, report.SEARCH_LOG_COLUMNS)
+        bar.update(1)
+        best = state.best()
+        log.info("candidate %d/%d: fitness %.4f, val top-1 %.2f, %.2f MMACs (%.3f), %.1fs; best %.4f (#%d)",
+                 cand.index + 1, cfg.candidates, cand.fitness, cand.info["val_top1"],
+                 cand.info["macs"] / 1e6, cand.info["macs"] / ctx.pruner.dense_macs,
+                 cand.info["seconds"], best.fitness, best.index)
+
+    best = evolve(lambda k, a, kp: candidate_fitness(ctx, k, a, kp), state, state_path, record)
+    bar.close()
+    write_ranking(ctx, best)
+    return np.asarray(best.alpha), np.asarray(best.kappa)
+
+
+def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray):
+    """Prune at the search target, fine-tune tau steps, measure on validation."""
+    cfg, start = ctx.cfg, time.perf_counter()
+    mask, macs = ctx.pruner.prune_to(ctx.scores.transformed(alpha, kappa), cfg.effective_search_target)
+    net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
+    settings = SGDSettings(lr=cfg.tau_lr, schedule="constant", batch_size=cfg.batch_size)
+    torch.manual_seed(cfg.seed * 1_000_003 + k)
+    if cfg.tau:
+        train_steps(net, ctx.data.train, ctx.info, cfg.tau, settings, ctx.device, cfg.seed * 1_000_003 + k)
+    top1, loss = evaluate(net, ctx.data.val, ctx.info, ctx.device)
+    fitness = top1 if cfg.fitness == "accuracy" else -loss
+    return fitness, {"val_top1": top1, "val_loss": loss, "macs": macs,
+                     "seconds": time.perf_counter() - start}
+
+
+def _log_row(cand, dense_macs: int) -> dict[str, Any]:
+    return {"index": cand.index, "fitness": cand.fitness, **cand.info,
+            "macs_ratio": cand.info["macs"] / dense_macs}
+
+
+def write_ranking(ctx: Context, best) -> None:
+    cfg = ctx.cfg
+    io.write_json(ctx.run / "ranking.json", {
+        "format": "legr_edge.ranking/1", "model": cfg.model, "dataset": cfg.dataset,
+        "search_target": cfg.effective_search_target, "fitness_metric": cfg.fitness,
+        "best_fitness": best.fitness, "best_index": best.index, "best_info": best.info,
+        "layers": [{"name": n, "alpha": a, "kappa": k}
+                   for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
+        "settings": {"population": cfg.population, "sample": cfg.sample, "candidates": cfg.candidates,
+                     "tau": cfg.tau, "tau_lr": cfg.tau_lr, "round_to": cfg.round_to,
+                     "min_fraction": cfg.min_fraction, "min_channels": cfg.min_channels, "seed": cfg.seed},
+        "dense_macs": ctx.pruner.dense_macs,
+    })
+
+
+def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dict[str, Any]]:
+    """Prune at every target with the learned ranking, fine-tune, evaluate, save."""
+    cfg, rows = ctx.cfg, []
+    scores = ctx.scores.transformed(alpha, kappa)
+    for target in tqdm(sorted(set(cfg.targets), reverse=True), desc="family", unit="model", leave=False,
+                       disable=None):
+        name = f"legr_{target:.2f}"
+        out = ctx.run / "models" / name
+        if (out / "metrics.json").exists():
+            rows.append(json.loads((out / "metrics.json").read_text()))
+            log.info("%s: already fine-tuned, reusing", name)
+            continue
+        mask, _ = ctx.pruner.prune_to(scores, target)
+        net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
+        settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
+        net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
+                       ctx.device, cfg.seed + 1, f"finetune {name}")
+        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, ctx.pruner.dense_macs))
+        r = rows[-1]
+        log.info("%s: %.2f MMACs (%.3f of dense), val top-1 %.2f, test top-1 %.2f",
+                 name, r["macs"] / 1e6, r["macs_ratio"], r["val_top1"], r["test_top1"])
+    return rows
