@@ -105,8 +105,8 @@ def pick_command(args: argparse.Namespace) -> int:
         msg = nothing_fits_message(cands, budget, floor, int(args.percentile), batch)
         if args.json:
             near = closest(cands, budget, floor)
-            print(json.dumps({"fits": False, "message": msg, "closest": _choice(
-                near, args, batch, budget, floor).__dict__}, indent=2))
+            print(json.dumps({"fits": False, "message": msg, "closest": asdict(_choice(
+                near, args, batch, budget, floor))}, indent=2))
         raise LegrError(msg)
     choice = _choice(best, args, batch, budget, floor)
     print(json.dumps({"fits": True, **asdict(choice)}, indent=2) if args.json else render(choice))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,8 +54,8 @@ def parse_version(version: str) -> tuple[int, int, int]:
     """'10.3.0.30' -> (10, 3, 0); missing parts are 0."""
     parts = []
     for p in str(version).split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
+        m = re.match(r"\d+", p)  # leading digits: "0rc1" -> 0
+        parts.append(int(m.group()) if m else 0)
     while len(parts) < 3:
         parts.append(0)
     return parts[0], parts[1], parts[2]
