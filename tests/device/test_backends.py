@@ -184,3 +184,23 @@ def test_onnx_info(run_dir: Path) -> None:
 def test_unknown_backend_is_a_user_error() -> None:
     with pytest.raises(LegrError, match="unknown backend 'openvino'"):
         get_backend("openvino")
+
+
+def test_failed_activation_cleans_up(run_dir: Path) -> None:
+    """A backend whose activate_impl raises gets deactivate_impl called, and stays inactive."""
+    from legr_edge.device.backends.base import Backend
+
+    class Broken(Backend):
+        name = "broken"
+        cleaned = False
+
+        def activate_impl(self) -> None:
+            raise RuntimeError("engine build failed")
+
+        def deactivate_impl(self) -> None:
+            type(self).cleaned = True
+
+    be = Broken(ModelSpec("dense", run_dir / "onnx" / "dense.onnx", "0" * 64), _profile_for("onnxruntime"))
+    with pytest.raises(RuntimeError, match="engine build failed"):
+        be.activate()
+    assert Broken.cleaned and not be.active

@@ -64,9 +64,21 @@ class Backend:
     def activate(self) -> "Backend":
         if not self._active:
             log.debug("%s: activating %s backend", self.spec.name, self.name)
-            self.activate_impl()
+            try:
+                self.activate_impl()
+            except BaseException:
+                self._cleanup_after_failed_activate()
+                raise
             self._active = True
         return self
+
+    def _cleanup_after_failed_activate(self) -> None:
+        """A half-built backend (CUDA context pushed, buffers allocated) must not leak
+        into the next model: run deactivate_impl best-effort, keep the original error."""
+        try:
+            self.deactivate_impl()
+        except Exception as e:  # the activation error is the one worth reporting
+            log.debug("%s: cleanup after failed activate: %s", self.spec.name, e)
 
     def deactivate(self) -> None:
         if self._active:

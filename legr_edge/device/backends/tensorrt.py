@@ -372,9 +372,13 @@ class TensorRTBackend(Backend):
             self._stream.begin_capture()
             slot.context.execute_async_v3(self._stream.handle)
             graph = self._stream.end_capture()
-            return graph.instantiate()
+            instance = graph.instantiate()
+            instance.launch(self._stream)  # one trial replay before trusting it for timing
+            self._stream.synchronize()
+            return instance
         except Exception as e:
-            self.warn(f"CUDA graph capture failed ({e}); timing plain execute_async_v3")
+            self.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); "
+                      "timing plain execute_async_v3 instead")
             return None
 
     def step_impl(self) -> float | None:
@@ -389,14 +393,18 @@ class TensorRTBackend(Backend):
         return self._start.time_till(self._end)
 
     def deactivate_impl(self) -> None:
+        """Free in dependency order (graphs, contexts, buffers, engine), then pop the CUDA context."""
         try:
             for slot in getattr(self, "_slots", {}).values():
+                slot.graph = None
+                slot.context = None
                 for mem in slot.device.values():
                     mem.free()
             self._slots = {}
             self._current = None
             self._engine = None
             self._runtime = None
+            self._stream = self._start = self._end = None
         finally:
             if getattr(self, "_cuda_ctx", None) is not None:
                 self._cuda_ctx.pop()
