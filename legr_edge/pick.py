@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from legr_edge.cli import run_cli, setup_logging
 from legr_edge.errors import LegrError

@@ -116,13 +116,14 @@ def read_manifest(run: Path) -> dict[str, dict[str, Any]]:
 
 def load_models(run: Path) -> list[ModelRow]:
     """The flops table joined with the ONNX manifest, in table order."""
+    table = read_flops_table(run)  # first: "not a run directory" beats "no manifest"
     manifest = read_manifest(run)
     return [ModelRow(
         name=r["name"], target=_float(r.get("target")), macs=_float(r.get("macs")),
         macs_ratio=_float(r.get("macs_ratio")), params=_float(r.get("params")),
         val_top1=_float(r.get("val_top1")), test_top1=_float(r.get("test_top1")),
         path=r.get("path") or f"models/{r['name']}", manifest=manifest.get(r["name"]),
-    ) for r in read_flops_table(run)]
+    ) for r in table]
 
 
 def check_onnx(run: Path, row: ModelRow) -> tuple[Path, str]:

@@ -199,3 +199,9 @@ def test_profile_runs_with_torch_unimportable(run_dir: Path, fast_profile: Path,
     check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode != 0 and "blocked" in check.stderr  # the blocker really blocks
+
+
+def test_missing_run_dir_says_so(tmp_path: Path, fast_profile: Path, caplog) -> None:
+    assert profile_cmd.main([str(tmp_path / "nope"), "--profile", str(fast_profile)]) == 1
+    assert "not a directory" in caplog.text
+    assert not (tmp_path / "nope").exists()
