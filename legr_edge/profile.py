@@ -50,7 +50,7 @@ from legr_edge.device.rundir import (EvalData, ModelRow, check_onnx, load_eval, 
                                      read_run_config)
 from legr_edge.device.timing import measure
 from legr_edge.errors import LegrError
-from legr_edge.io import sha256_file, write_csv, write_json
+from legr_edge.io import sha256_file, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,9 @@ def _time_batch(backend: Backend, profile: Profile, batch: int, name: str) -> di
     m = measure(backend.step, batch_size=batch, warmup_s=profile.warmup_s,
                 min_iters=profile.min_iters, min_seconds=profile.min_seconds,
                 label=f"{name} batch {batch}")
+    # 1e-5 ms = 10 ns, finer than CUDA event resolution (~0.5 us): rounding only shortens the JSON
     return {"batch_size": batch, "stats": m.stats.to_dict(), "source": m.source,
-            "warmup_iters": m.warmup_iters, "samples_ms": m.samples_ms}
+            "warmup_iters": m.warmup_iters, "samples_ms": [round(v, 5) for v in m.samples_ms]}
 
 
 def summary_line(rec: dict[str, Any], row: ModelRow) -> str:
@@ -331,11 +332,14 @@ def _base_row(ctx: _Context, m: ModelRow, rec: dict[str, Any]) -> dict[str, Any]
 def _write_results(ctx: _Context, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ordered = [records[m.name] for m in ctx.models if m.name in records]
     rows = csv_rows(ctx, records)
-    write_json(ctx.json_path, {
+    report = {
         "legr_edge_version": __version__, "updated_at": _now(), "run": ctx.run_config,
         "profile": ctx.profile.to_dict(), "profile_sha256": ctx.digest, "device": ctx.device,
         "fingerprint": ctx.fingerprint, "models": ordered,
-    })
+    }
+    # Compact on purpose: a fast GPU gives ~50k samples per batch size, which indented JSON
+    # would spread over 50k lines. `python -m json.tool` pretty-prints it for reading.
+    write_text(ctx.json_path, json.dumps(report, separators=(",", ":")) + "\n")
     write_csv(ctx.csv_path, rows, CSV_COLUMNS)
     return rows
 
