@@ -1,0 +1,155 @@
+"""python -m legr_edge.search end to end: the output contract, resume, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from legr_edge import workflow
+from legr_edge.models.arch import load_model
+from legr_edge.search import main
+
+from conftest import TINY_SEARCH
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory_contract(tiny_run):
+    for f in ("config.json", "ranking.json", "search_log.csv", "flops_table.csv", "tradeoff_flops.png",
+              "search_state.json", "onnx/manifest.json", "data/eval.npz"):
+        assert (tiny_run / f).is_file(), f
+    table = _rows(tiny_run / "flops_table.csv")
+    assert [r["name"] for r in table] == ["dense", "legr_0.60", "legr_0.40"]
+    assert {"name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path"} <= set(table[0])
+    dense_macs = int(table[0]["macs"])
+    for row in table[1:]:
+        assert int(row["macs"]) <= float(row["target"]) * dense_macs
+        assert float(row["macs_ratio"]) == pytest.approx(int(row["macs"]) / dense_macs, rel=1e-4)
+        assert 0.0 <= float(row["test_top1"]) <= 100.0
+        assert int(row["params"]) < int(table[0]["params"])
+    log = _rows(tiny_run / "search_log.csv")
+    assert [int(r["index"]) for r in log] == [0, 1, 2, 3]
+    assert all(float(r["macs_ratio"]) <= 0.4 for r in log)           # searched at the smallest target
+    ranking = json.loads((tiny_run / "ranking.json").read_text())
+    assert ranking["best_fitness"] == pytest.approx(max(float(r["fitness"]) for r in log), rel=1e-5)
+    assert len(ranking["layers"]) == 21 and {"name", "alpha", "kappa"} <= set(ranking["layers"][0])
+
+
+def test_saved_models_reload_with_their_reported_accuracy(tiny_run):
+    from legr_edge.data import load_dataset
+    from legr_edge.train import evaluate
+
+    data = load_dataset("digits")
+    for row in _rows(tiny_run / "flops_table.csv"):
+        model = load_model(tiny_run / row["path"])
+        top1, _ = evaluate(model, data.test, data.info, torch.device("cpu"))
+        assert top1 == pytest.approx(float(row["test_top1"]), abs=1e-6)
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    # Same dense weights as the reference run, without paying for pretraining again.
+    args = TINY_SEARCH + ["--out", str(out), "--no-export",
+                          "--checkpoint", str(tiny_run / "models" / "dense" / "weights.pt")]
+    real = workflow.candidate_fitness
+
+    def interrupt_at_third(ctx, k, alpha, kappa):
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(ctx, k, alpha, kappa)
+
+    monkeypatch.setattr(workflow, "candidate_fitness", interrupt_at_third)
+    assert main(args) == 130
+    assert len(_rows(out / "search_log.csv")) == 2
+    assert not (out / "ranking.json").exists()
+    monkeypatch.setattr(workflow, "candidate_fitness", real)
+    assert main(args + ["--resume"]) == 0
+    a = json.loads((tiny_run / "ranking.json").read_text())
+    b = json.loads((out / "ranking.json").read_text())
+    assert [l["alpha"] for l in a["layers"]] == [l["alpha"] for l in b["layers"]]
+    assert [l["kappa"] for l in a["layers"]] == [l["kappa"] for l in b["layers"]]
+    assert a["best_fitness"] == b["best_fitness"]
+
+    # Finished family members are not redone: a second resume fine-tunes nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("models/*/weights.pt")}
+    called = []
+    monkeypatch.setattr(workflow, "fit", lambda *a, **k: called.append(1))
+    assert main(args + ["--resume"]) == 0
+    assert not called
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("models/*/weights.pt")}
+
+
+def _fails(capsys_or_caplog, args, message):
+    assert main(args) == 1
+    assert message in capsys_or_caplog.text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet999"], "unknown model 'resnet999'"),
+    (["--model", "nosuchpkg.mod:f"], "cannot import model module 'nosuchpkg.mod'"),
+    (["--dataset", "mnist"], "unknown data set"),
+    (["--dataset", "cifar10"], "--data-dir"),
+    (["--targets", "0.5,1.5"], "--targets value must be in (0, 1]"),
+    (["--targets", "0"], "--targets value must be in (0, 1]"),
+    (["--preset", "huge"], "unknown preset"),
+])
+def test_bad_arguments_give_one_clear_message(tmp_path, caplog, args, message):
+    _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r")] + args, message)
+
+
+def test_missing_data_dir(tmp_path, caplog):
+    _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r"), "--dataset", "cifar10",
+                                  "--data-dir", str(tmp_path / "nope")], str(tmp_path / "nope"))
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, caplog):
+    ckpt = tmp_path / "other.pt"
+    torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, ckpt)
+    _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r"), "--checkpoint", str(ckpt)],
+           "checkpoint does not fit the model")
+
+
+def test_corrupt_and_non_weights_checkpoints(tmp_path, caplog):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r1"), "--checkpoint", str(corrupt)],
+           "not a loadable weights file")
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), module)  # a pickled module: refused by weights_only
+    _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r2"), "--checkpoint", str(module)],
+           "not a loadable weights file")
+
+
+def test_out_with_another_run_is_not_overwritten(tiny_run, caplog):
+    before = (tiny_run / "flops_table.csv").read_bytes()
+    _fails(caplog, TINY_SEARCH + ["--out", str(tiny_run)], "already holds a run")
+    assert (tiny_run / "flops_table.csv").read_bytes() == before
+
+
+def test_resume_with_other_settings_is_refused(tiny_run, caplog):
+    _fails(caplog, TINY_SEARCH + ["--out", str(tiny_run), "--resume", "--seed", "5"], "seed")
+
+
+def test_user_model_from_factory(tmp_path):
+    out = tmp_path / "user"
+    args = TINY_SEARCH + ["--model", "conftest:make_concat_net", "--out", str(out), "--no-export",
+                          "--targets", "0.5"]
+    assert main(args) == 0
+    table = _rows(out / "flops_table.csv")
+    assert int(table[1]["macs"]) <= 0.5 * int(table[0]["macs"])
+    model = load_model(out / table[1]["path"])
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_help_explains(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--targets" in text and "python -m legr_edge.search --preset smoke" in text
