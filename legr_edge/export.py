@@ -173,6 +173,7 @@ def fold_batchnorm(model):
             node.replace_all_uses_with(src)
             gm.graph.erase_node(node)
     gm.graph.lint()
+    gm.delete_all_unused_submodules()
     gm.recompile()
     return gm.eval()
 

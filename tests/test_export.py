@@ -13,7 +13,7 @@ import torch
 from legr_edge.export import export_run, fold_batchnorm, main, normalize
 from legr_edge.models.arch import load_model
 
-from conftest import make_concat_net, randomize_bn
+from tests.helpers import make_concat_net, randomize_bn
 
 
 def test_search_exported_every_model(tiny_run):

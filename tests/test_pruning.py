@@ -13,7 +13,7 @@ from legr_edge.prune.cost import build_cost_model, count_macs
 from legr_edge.prune.ranking import Pruner, base_scores, within_group_ranks
 from legr_edge.prune.surgery import prune_model, zero_removed
 
-from conftest import make_concat_net, randomize_bn
+from tests.helpers import make_concat_net, randomize_bn
 
 CASES = [(name, model_config(name).input_size) for name in list_models()] + [("concat_net", (3, 16, 16))]
 
@@ -62,6 +62,19 @@ def test_concat_and_depthwise_are_coupled():
     residual_group = next(members for members in by_root.values() if "res" in members and "pw" in members)
     assert "head" in residual_group                     # the add ties pw and res outputs
     assert all("fc" != g.root for g in coupling.groups)
+
+
+def test_concat_input_keeps_its_own_floor():
+    """A concat input owns part of a group; even at a tiny target it keeps channels."""
+    model, x, coupling, pruner = _setup("concat_net", (3, 16, 16))
+    ls = base_scores(model, coupling)
+    alpha, kappa = ls.identity()
+    kappa[list(ls.layer_names).index("b")] = -1e6   # rank every filter of b last
+    mask, _ = pruner.prune_to(ls.transformed(alpha, kappa), 0.05)
+    b = next(m for m in coupling.members() if m.name == "b" and m.is_out)
+    assert mask[b.roots].sum() >= 2
+    pruned = prune_model(model, coupling, mask)
+    assert pruned.b.out_channels >= 2 and pruned(x).shape == (1, 10)
 
 
 @pytest.mark.parametrize("target", [0.8, 0.5, 0.3])

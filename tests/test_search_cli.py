@@ -12,7 +12,7 @@ from legr_edge import workflow
 from legr_edge.models.arch import load_model
 from legr_edge.search import main
 
-from conftest import TINY_SEARCH
+from tests.helpers import TINY_SEARCH
 
 
 def _rows(path):
@@ -49,7 +49,7 @@ def test_saved_models_reload_with_their_reported_accuracy(tiny_run):
     for row in _rows(tiny_run / "flops_table.csv"):
         model = load_model(tiny_run / row["path"])
         top1, _ = evaluate(model, data.test, data.info, torch.device("cpu"))
-        assert top1 == pytest.approx(float(row["test_top1"]), abs=1e-6)
+        assert top1 == pytest.approx(float(row["test_top1"]), abs=1e-6)  # CSV keeps 10 digits
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
@@ -138,7 +138,7 @@ def test_resume_with_other_settings_is_refused(tiny_run, caplog):
 
 def test_user_model_from_factory(tmp_path):
     out = tmp_path / "user"
-    args = TINY_SEARCH + ["--model", "conftest:make_concat_net", "--out", str(out), "--no-export",
+    args = TINY_SEARCH + ["--model", "tests.helpers:make_concat_net", "--out", str(out), "--no-export",
                           "--targets", "0.5"]
     assert main(args) == 0
     table = _rows(out / "flops_table.csv")

@@ -78,6 +78,21 @@ class Pruner:
         object.__setattr__(self, "_group", self.coupling.group_of_channel)
         object.__setattr__(self, "_floor", self._floors(sizes))
         object.__setattr__(self, "dense_macs", self.cost.dense_macs(int(sizes.sum())))
+        object.__setattr__(self, "_partial", self._partial_members())
+
+    def _partial_members(self) -> list[tuple[np.ndarray, int]]:
+        """Convs that own only part of a group (concat inputs) and their channel floors.
+
+        The group floor alone could remove every channel of such a conv; each keeps at
+        least its own floor of its best-scored channels.
+        """
+        partial = []
+        for g in self.coupling.groups:
+            for m in g.members:
+                roots = np.unique(m.roots)
+                if m.is_out and len(roots) < g.size:
+                    partial.append((roots, int(self._floors(np.array([len(roots)]))[0])))
+        return partial
 
     def _floors(self, sizes: np.ndarray) -> np.ndarray:
         floor = np.maximum(self.min_channels, np.ceil(self.min_fraction * sizes))
@@ -93,7 +108,10 @@ class Pruner:
     def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float) -> np.ndarray:
         raw = np.bincount(self._group, weights=(scores >= threshold), minlength=len(self._sizes))
         counts = self.group_counts(raw)
-        return ranks < counts[self._group]
+        mask = ranks < counts[self._group]
+        for roots, floor in self._partial:
+            mask[roots[np.argsort(-scores[roots], kind="stable")[:floor]]] = True
+        return mask
 
     def prune_to(self, scores: np.ndarray, target: float) -> tuple[np.ndarray, int]:
         """Keep-mask with the largest MACs <= ``target`` * dense MACs, and those MACs.
