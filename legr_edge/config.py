@@ -1,7 +1,7 @@
 """The search command's configuration: presets, flags, one frozen dataclass.
 
-Resolution order: dataclass defaults < ``--preset`` < ``--profile`` (round_to) < flags
-given explicitly on the command line. The resolved config is written to
+Resolution order: dataclass defaults < ``--preset`` < the device ``--profile``
+(default ``cpu-ort``: its ``round_to``) < flags given explicitly on the command line. The resolved config is written to
 ``config.json`` in the run directory.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ class SearchConfig:
     checkpoint: str | None = None
     out: str | None = None
     preset: str = "default"
-    profile: str | None = None
+    profile: str = "cpu-ort"             # target device profile: round_to and opset come from it
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.1
@@ -39,7 +39,7 @@ class SearchConfig:
     tau: int = 40
     tau_lr: float = 0.01
     fitness: str = "accuracy"            # accuracy | loss
-    round_to: int = 1
+    round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
     ignore_layers: tuple[str, ...] = ()
@@ -65,6 +65,8 @@ class SearchConfig:
         for name in ("batch_size", "population", "sample", "candidates", "round_to"):
             if getattr(self, name) < 1:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.sample > self.population:
+            raise LegrError(f"--sample ({self.sample}) must not exceed --population ({self.population})")
         for name in ("pretrain_epochs", "tau", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -95,8 +97,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
 
 
-def resolve(explicit: dict[str, Any], profile_round_to: int | None = None) -> SearchConfig:
-    """Build the config from a preset and explicitly given options (unknown keys are errors)."""
+def resolve(explicit: dict[str, Any]) -> SearchConfig:
+    """Build the config from a preset, the device profile and explicitly given options.
+
+    Unknown keys are errors. The profile's ``round_to`` applies unless ``round_to`` is
+    given explicitly; the export reads the profile's opset the same way.
+    """
     unknown = sorted(set(explicit) - FIELDS)
     if unknown:
         raise LegrError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -104,8 +110,10 @@ def resolve(explicit: dict[str, Any], profile_round_to: int | None = None) -> Se
     if preset not in PRESETS:
         raise LegrError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset])
-    if profile_round_to is not None:
-        values["round_to"] = profile_round_to
+    values.update(explicit)
+    if "round_to" not in explicit:
+        from legr_edge.device.profiles import load_profile
+        values["round_to"] = load_profile(values.get("profile", SearchConfig.profile)).round_to
     values.update(explicit)
     return SearchConfig(**values)
 

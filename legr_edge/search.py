@@ -26,7 +26,6 @@ import logging
 from typing import Any
 
 from legr_edge.cli import run_cli, setup_logging
-from legr_edge.errors import LegrError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau", type=int, help="fine-tune SGD steps per candidate before measuring fitness")
     g.add_argument("--tau-lr", type=float, help="learning rate of those steps (0.01)")
     g.add_argument("--fitness", help="accuracy (default) or loss, on the validation split")
-    g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (hardware-friendly)")
-    g.add_argument("--profile", help="device profile TOML (its round_to and opset are used unless given)")
+    g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (default: the profile's)")
+    g.add_argument("--profile", help="target device profile, a TOML path or a name in profiles/ (default cpu-ort); "
+                                     "its round_to and opset are used unless given")
     g.add_argument("--min-fraction", type=float, help="per-layer floor as a share of its channels (0.1)")
     g.add_argument("--min-channels", type=int, help="per-layer floor in channels (2)")
     g.add_argument("--ignore-layers", type=_names, help="comma-separated module names never pruned")
@@ -100,19 +100,8 @@ def _run(args: dict[str, Any]) -> int:
     from legr_edge.workflow import run_search
 
     resume = args.pop("resume", False)
-    round_to = None
-    if "profile" in args:
-        round_to = _profile_round_to(args["profile"])
-    run_search(resolve(args, round_to), resume)
+    run_search(resolve(args), resume)
     return 0
-
-
-def _profile_round_to(profile: str) -> int:
-    try:
-        from legr_edge.device.profiles import load_profile
-    except ImportError as e:
-        raise LegrError(f"cannot read device profiles: {e}") from e
-    return load_profile(profile).round_to
 
 
 if __name__ == "__main__":

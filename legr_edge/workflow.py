@@ -37,7 +37,7 @@ from legr_edge.train import SGDSettings, evaluate, fit, train_steps
 log = logging.getLogger(__name__)
 
 # Settings that may differ between an interrupted run and its --resume.
-RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "profile"}
+RESUME_MAY_DIFFER = {"device", "export", "opset", "out"}
 
 
 @dataclasses.dataclass
