@@ -171,9 +171,10 @@ def fit(model: nn.Module, train, val, info, epochs: int, settings: SGDSettings,
     best_state, best_acc = None, -1.0
     with _bar(total, desc) as bar:
         for epoch in range(epochs):
-            trainer.epoch(train, bar=bar)
+            loss = trainer.epoch(train, bar=bar)
             acc, _ = evaluate(model, val, info, device)
             bar.set_postfix(epoch=epoch + 1, val_top1=f"{acc:.2f}")
+            log.info("%s: epoch %d/%d, train loss %.4f, val top-1 %.2f", desc, epoch + 1, epochs, loss, acc)
             if acc >= best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
     if best_state is not None:
