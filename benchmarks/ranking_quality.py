@@ -6,8 +6,8 @@ each MAC target with five methods and compare test top-1 over several seeds:
 - ``legr``: the learned ranking (regularized evolution of per-layer alpha/kappa,
   searched at the smallest target with its own evolution seed, used at every target);
 - ``l2``: global ranking by squared L2 filter norm (LeGR with identity alpha/kappa);
-- ``uniform``: the same kept fraction in every channel group (within-group L2 rank
-  over group size as the score, so the same ``Pruner.prune_to`` meets the MACs);
+- ``uniform``: the same kept fraction in every channel group (score = 1 - (within-group
+  L2 rank + 0.5) / group size, so the same ``Pruner.prune_to`` meets the MACs);
 - ``random``: a random global ranking (seeded per seed);
 - ``tp_magnitude``: Torch-Pruning's own ``MagnitudePruner(global_pruning=True,
   MagnitudeImportance(p=2))``, its pruning ratio bisected until legr_edge's
@@ -68,6 +68,7 @@ log = logging.getLogger("benchmarks.ranking_quality")
 
 NAME = "ranking_quality"
 METHODS = ("legr", "l2", "uniform", "random", "tp_magnitude")
+CACHE_VERSION = 2  # bump when a method's code changes: cached fine-tune results are keyed by it
 COLUMNS = ("dataset", "method", "target", "seed", "macs", "macs_ratio", "pruned_val_top1",
            "val_top1", "test_top1", "finetune_s")
 SUMMARY_COLUMNS = ("dataset", "target", "method", "n", "macs_ratio", "test_top1_mean", "test_top1_std",
@@ -207,11 +208,12 @@ def l2_scores(bench: Bench) -> np.ndarray:
 
 
 def uniform_scores(l2: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Score = 1 - (within-group L2 rank) / group size: a threshold keeps the same
-    fraction of every group (the top channel of each group scores 1)."""
+    """Score = 1 - (within-group L2 rank + 0.5) / group size: a threshold t keeps
+    round(size * (1 - t)) channels of every group, the same fraction everywhere, and
+    within a group the filters with the largest L2 norms."""
     ranks = within_group_ranks(l2, group)
     sizes = np.bincount(group)[group]
-    return 1.0 - ranks / sizes
+    return 1.0 - (ranks + 0.5) / sizes
 
 
 def random_scores(n: int, seed: int) -> np.ndarray:
@@ -286,7 +288,7 @@ def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Mo
 
 def cached_row(bench: Bench, method: str, target: float, seed: int, make_net) -> dict[str, Any]:
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
-    path = bench.root / f"finetune-{key}" / f"{method}-t{target:g}-seed{seed}.json"
+    path = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     row = finetune_row(bench, method, target, seed, make_net())
