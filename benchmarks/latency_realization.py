@@ -23,7 +23,7 @@ since coarser rounding lands further below the MAC target and costs accuracy).
 Opset: the profile's (18 for cpu-ort, torch's dynamo exporter, ~5 s per network);
 ``--quick`` uses 17 (the TorchScript exporter, ~2 s per network). If an export at 18 or
 above fails (torch 2.13's dynamo exporter sometimes refuses the batch-1 example, see
-benchmarks/README.md), that network is exported at 17 instead and the ``opset`` column
+benchmarks/README.md; not seen with these inputs), that network is exported at 17 instead and the ``opset`` column
 says so; ONNX Runtime CPU latency of a BN-folded conv graph does not depend on it.
 
 Commands (from the repository root):
