@@ -1,0 +1,54 @@
+"""Smoke tests of the benchmark helpers (not the benchmarks themselves): < 10 s."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmarks import common
+from benchmarks.latency_realization import recommend
+from benchmarks.ranking_quality import uniform_scores
+from benchmarks.search_cost import count_probes, naive_prune_to
+from legr_edge.models.registry import create_model
+from legr_edge.prune.coupling import build_coupling
+from legr_edge.prune.cost import build_cost_model
+from legr_edge.prune.ranking import Pruner, base_scores
+
+
+def test_results_md_section_is_replaced_not_duplicated():
+    text = common.RESULTS_HEADER
+    text = common.replace_section(text, "x (quick)", "## x (quick)\n\nold\n")
+    text = common.replace_section(text, "y (full)", "## y (full)\n\nother\n")
+    text = common.replace_section(text, "x (quick)", "## x (quick)\n\nnew\n")
+    assert text.count("<!-- BEGIN x (quick) -->") == 1 and "new" in text and "old" not in text
+    assert "other" in text and text.index("x (quick)") < text.index("y (full)")
+
+
+def test_uniform_scores_keep_the_same_fraction_of_every_group():
+    group = np.repeat([0, 1], [4, 8])
+    l2 = np.random.default_rng(0).random(12)
+    s = uniform_scores(l2, group)
+    keep = s >= 0.5
+    assert keep[group == 0].sum() == 2 and keep[group == 1].sum() == 4
+    assert np.argmax(np.where(group == 1, l2, -1)) == np.argmax(np.where(group == 1, s, -1))
+
+
+def test_naive_loop_reaches_the_same_mask_as_prune_to():
+    model = create_model("resnet20", 10, 1).eval()
+    x = torch.zeros(1, 1, 32, 32)
+    coupling = build_coupling(model, x)
+    pruner = Pruner(coupling, build_cost_model(model, x, coupling))
+    scores = base_scores(model, coupling)
+    s = scores.transformed(*scores.identity())
+    mask, _ = pruner.prune_to(s, 0.5)
+    naive, removals, done = naive_prune_to(pruner, s, 0.5, None)
+    assert done and removals == int((~mask).sum()) and np.array_equal(naive, mask)
+    assert 1 < count_probes(pruner, s, 0.5) < 40
+
+
+def test_round_to_recommendation_skips_settings_that_miss_targets():
+    per = [{"round_to": 1, "mean_lat_ratio": 0.70, "targets_met": 6, "models": 6},
+           {"round_to": 8, "mean_lat_ratio": 0.60, "targets_met": 6, "models": 6},
+           {"round_to": 4, "mean_lat_ratio": 0.61, "targets_met": 6, "models": 6},
+           {"round_to": 16, "mean_lat_ratio": 0.40, "targets_met": 3, "models": 6}]
+    assert recommend(per, tie=0.02)["round_to"] == 4
+    assert recommend(per, tie=0.0)["round_to"] == 8
