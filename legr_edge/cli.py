@@ -17,8 +17,10 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "matplotlib"):
+    for noisy in ("onnx_ir", "onnxscript", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torch.onnx warns at every export that torchvision's ops are not registered.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
 def run_cli(body: Callable[[], int]) -> int:

@@ -125,7 +125,7 @@ def export_model(model_dir: Path, dest: Path, opset: int, images: np.ndarray,
     model = fold_batchnorm(load_model(model_dir))
     x = torch.from_numpy(normalize(images, meta["mean"], meta["std"]))
     with io.atomic_path(dest) as tmp:
-        _torch_export(model, x[:1], tmp, opset)
+        _torch_export(model, _example_batch(x), tmp, opset)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto, full_check=True)
         written = _written_opset(proto)
@@ -198,6 +198,11 @@ def _torch_export(model, example, path: Path, opset: int) -> None:
             torch.onnx.export(model, (example,), str(path), opset_version=opset, dynamo=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def _example_batch(x):
+    """Two images: torch.export specializes size-1 dimensions, which breaks a dynamic batch."""
+    return x[:2] if len(x) >= 2 else x[:1].repeat(2, *([1] * (x.dim() - 1)))
 
 
 def _written_opset(proto) -> int:

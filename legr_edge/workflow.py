@@ -192,6 +192,9 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     cfg, run = ctx.cfg, ctx.run
     if (run / "ranking.json").exists():
         ranking = json.loads((run / "ranking.json").read_text())
+        if ranking["settings"] != _ranking_settings(cfg) or ranking["search_target"] != cfg.effective_search_target:
+            raise LegrError(f"{run / 'ranking.json'} was learned with other settings "
+                            f"({ranking['settings']}); delete it or use another --out")
         log.info("ranking: reusing %s (best fitness %.4f)", run / "ranking.json", ranking["best_fitness"])
         return (np.array([l["alpha"] for l in ranking["layers"]]),
                 np.array([l["kappa"] for l in ranking["layers"]]))
@@ -249,11 +252,15 @@ def write_ranking(ctx: Context, best) -> None:
         "best_fitness": best.fitness, "best_index": best.index, "best_info": best.info,
         "layers": [{"name": n, "alpha": a, "kappa": k}
                    for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
-        "settings": {"population": cfg.population, "sample": cfg.sample, "candidates": cfg.candidates,
-                     "tau": cfg.tau, "tau_lr": cfg.tau_lr, "round_to": cfg.round_to,
-                     "min_fraction": cfg.min_fraction, "min_channels": cfg.min_channels, "seed": cfg.seed},
+        "settings": _ranking_settings(cfg),
         "dense_macs": ctx.pruner.dense_macs,
     })
+
+
+def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
+    return {"population": cfg.population, "sample": cfg.sample, "candidates": cfg.candidates,
+            "tau": cfg.tau, "tau_lr": cfg.tau_lr, "round_to": cfg.round_to, "fitness": cfg.fitness,
+            "min_fraction": cfg.min_fraction, "min_channels": cfg.min_channels, "seed": cfg.seed}
 
 
 def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dict[str, Any]]:

@@ -71,3 +71,17 @@ def test_one_broken_model_does_not_stop_the_others(tiny_run, tmp_path):
 def test_bad_run_directory(tmp_path, caplog):
     assert main([str(tmp_path)]) == 1
     assert "flops_table.csv: not found" in caplog.text
+
+
+def test_export_with_random_images_and_dynamic_batch(tiny_run, tmp_path):
+    """Regression: a batch-1 example made torch.export specialize the dynamic batch axis."""
+    from legr_edge.export import export_model
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    meta = {"mean": np.array([0.3], np.float32), "std": np.array([0.3], np.float32)}
+    info = export_model(tiny_run / "models" / "dense", tmp_path / "d.onnx", 18, images, meta)
+    assert info["input_shape"][0] == "batch" and info["parity_max_abs_err"] < 1e-3
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        out = session.run(None, {"input": np.zeros((batch, 1, 32, 32), np.float32)})[0]
+        assert out.shape == (batch, 10)

@@ -120,10 +120,11 @@ def test_target_outside_unit_interval_is_rejected(target):
         pruner.prune_to(np.ones(coupling.num_channels), target)
 
 
-def test_floor_network_when_target_is_unreachable():
+def test_floor_network_when_target_is_unreachable(caplog):
     model, x, coupling, pruner = _setup("resnet20", (3, 32, 32))
     mask, macs = pruner.prune_to(np.arange(coupling.num_channels, dtype=float), 0.001)
     assert macs > 0.001 * pruner.dense_macs     # the floors cost more than the target ...
+    assert "cannot be met" in caplog.text
     for g in coupling.groups:                    # ... and every group sits at its floor
         assert mask[g.offset:g.offset + g.size].sum() == max(2, int(np.ceil(0.1 * g.size)))
 

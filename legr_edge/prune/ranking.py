@@ -9,6 +9,7 @@ keeps the top-scored channels, found by binary search of one global threshold.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch.nn as nn
 from legr_edge.errors import LegrError
 from legr_edge.prune.coupling import Coupling
 from legr_edge.prune.cost import CostModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +138,12 @@ class Pruner:
             else:
                 lo = mid
         mask = self.mask_for_threshold(scores, ranks, levels[hi])
-        return mask, self.cost.macs(mask)
+        macs = self.cost.macs(mask)
+        if macs > budget:
+            log.warning("target %.3f cannot be met: the per-layer floors (min %d channels, %.0f%%, "
+                        "multiples of %d) keep %.3f of the dense MACs", target, self.min_channels,
+                        100 * self.min_fraction, self.round_to, macs / self.dense_macs)
+        return mask, macs
 
 
 def within_group_ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
