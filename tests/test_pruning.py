@@ -86,14 +86,20 @@ def test_target_is_met_tightly_with_rounding(target, round_to):
     mask, macs = pruner.prune_to(scores, target)
     budget = target * pruner.dense_macs
     assert macs <= budget
-    # Tight: the next lower threshold (one more distinct score level) would exceed the budget.
-    levels = np.unique(scores)
     ranks = within_group_ranks(scores, coupling.group_of_channel)
-    kept_min = scores[mask].min()
-    lower = levels[levels < kept_min]
-    if len(lower):
-        bigger = pruner.mask_for_threshold(scores, ranks, lower[-1])
-        assert pruner.cost.macs(bigger) > budget
+    if round_to == 1:
+        # Tight: the next lower threshold (one more distinct score level) exceeds the budget.
+        lower = np.unique(scores)[np.unique(scores) < scores[mask].min()]
+        if len(lower):
+            assert pruner.cost.macs(pruner.mask_for_threshold(scores, ranks, lower[-1])) > budget
+    else:
+        # Tight: no group can grow by one more block of round_to channels within the budget.
+        counts = np.array([int(mask[g.offset:g.offset + g.size].sum()) for g in coupling.groups])
+        for gi, g in enumerate(coupling.groups):
+            if counts[gi] < g.size:
+                grown = counts.copy()
+                grown[gi] = pruner.grown(gi, counts[gi])
+                assert pruner.cost.macs(pruner.mask_from_counts(scores, ranks, grown)) > budget
     for g in coupling.groups:
         kept = int(mask[g.offset:g.offset + g.size].sum())
         assert kept == g.size or kept % round_to == 0

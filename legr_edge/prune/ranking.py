@@ -108,20 +108,28 @@ class Pruner:
         rounded = np.where(raw >= self._sizes, self._sizes, np.floor(raw / n + 0.5) * n)
         return np.maximum(self._floor, np.minimum(rounded, self._sizes)).astype(np.int64)
 
-    def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float) -> np.ndarray:
+    def counts_for_threshold(self, scores: np.ndarray, threshold: float) -> np.ndarray:
         raw = np.bincount(self._group, weights=(scores >= threshold), minlength=len(self._sizes))
-        counts = self.group_counts(raw)
+        return self.group_counts(raw)
+
+    def mask_from_counts(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Keep the ``counts[g]`` best channels of every group (and each concat input's floor)."""
         mask = ranks < counts[self._group]
         for roots, floor in self._partial:
             mask[roots[np.argsort(-scores[roots], kind="stable")[:floor]]] = True
         return mask
 
+    def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float) -> np.ndarray:
+        return self.mask_from_counts(scores, ranks, self.counts_for_threshold(scores, threshold))
+
     def prune_to(self, scores: np.ndarray, target: float) -> tuple[np.ndarray, int]:
         """Keep-mask with the largest MACs <= ``target`` * dense MACs, and those MACs.
 
         Binary search over the sorted distinct scores: a higher threshold never keeps
-        more channels, so MACs fall monotonically. If even the per-layer floors exceed
-        the target, the floor network is returned (its MACs say so).
+        more channels, so MACs fall monotonically. With rounding, one threshold step can
+        move a whole residual chain by a block of ``round_to`` channels, so with rounding
+        the result is then filled greedily with the best-scored next blocks that still fit. If even the
+        per-layer floors exceed the target, the floor network is returned (with a warning).
         """
         if not 0.0 < target <= 1.0:
             raise LegrError(f"target must be in (0, 1], got {target}")
@@ -137,13 +145,39 @@ class Pruner:
                 hi = mid
             else:
                 lo = mid
-        mask = self.mask_for_threshold(scores, ranks, levels[hi])
+        counts = self.counts_for_threshold(scores, levels[hi])
+        if self.round_to > 1:  # without rounding the threshold is already one channel from the target
+            counts = self._fill(scores, ranks, counts, budget)
+        mask = self.mask_from_counts(scores, ranks, counts)
         macs = self.cost.macs(mask)
         if macs > budget:
             log.warning("target %.3f cannot be met: the per-layer floors (min %d channels, %.0f%%, "
                         "multiples of %d) keep %.3f of the dense MACs", target, self.min_channels,
                         100 * self.min_fraction, self.round_to, macs / self.dense_macs)
         return mask, macs
+
+    def _fill(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray, budget: float) -> np.ndarray:
+        """Grow groups by whole blocks, best-scored block first, while MACs stay within budget."""
+        while True:
+            for g in self.next_blocks(scores, ranks, counts):
+                trial = counts.copy()
+                trial[g] = self.grown(g, counts[g])
+                if self.cost.macs(self.mask_from_counts(scores, ranks, trial)) <= budget:
+                    counts = trial
+                    break
+            else:
+                return counts
+
+    def grown(self, g: int, count: int) -> int:
+        """Group ``g``'s next allowed width above ``count``."""
+        return int(min(self._sizes[g], count + self.round_to))
+
+    def next_blocks(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> list[int]:
+        """Groups that can grow, ordered by the best score of the channels they would add."""
+        best = np.full(len(self._sizes), -np.inf)
+        growing = (ranks >= counts[self._group]) & (ranks < counts[self._group] + self.round_to)
+        np.maximum.at(best, self._group[growing], scores[growing])
+        return sorted(np.flatnonzero(counts < self._sizes), key=lambda g: -best[g])
 
 
 def within_group_ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
