@@ -29,7 +29,7 @@ from legr_edge.evolution import EvolutionSettings, EvolutionState, evolve, load_
 from legr_edge.models import arch
 from legr_edge.models.registry import create_model
 from legr_edge.prune.coupling import build_coupling
-from legr_edge.prune.cost import build_cost_model, count_params
+from legr_edge.prune.cost import build_cost_model, count_macs, count_params
 from legr_edge.prune.ranking import LayerScores, Pruner, base_scores
 from legr_edge.prune.surgery import prune_model
 from legr_edge.train import SGDSettings, evaluate, fit, train_steps
@@ -165,8 +165,6 @@ def _check_input(model: nn.Module, info) -> None:
 def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: float,
                    dense_macs: int | None) -> dict[str, Any]:
     """Evaluate on test (once, for the report), save weights + arch + metrics."""
-    from legr_edge.prune.cost import count_macs
-
     info = data.info
     device = next(model.parameters()).device
     test, _ = evaluate(model, data.test, info, device)

@@ -89,7 +89,7 @@ def load_model(model_dir: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the network saved in ``model_dir`` and load its weights (eval mode)."""
     model = build_from_arch(read_arch(model_dir))
     load_weights(model, Path(model_dir) / WEIGHTS, map_location)
-    return model.eval()
+    return model.to(map_location).eval()  # load_state_dict copies into the (CPU) parameters
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, map_location="cpu") -> None:
