@@ -56,7 +56,7 @@ warmup_s = 1.0
 min_iters = 100
 min_seconds = 3.0
 opset = 18
-round_to = 8
+round_to = 4
 """,
 }
 
