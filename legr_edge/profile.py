@@ -3,7 +3,10 @@
 For each model of RUN/flops_table.csv: check that RUN/onnx/<name>.onnx matches the
 sha256 in RUN/onnx/manifest.json, build it with the profile's backend, measure the
 deployed top-1 on RUN/data/eval.npz, and time every batch size of the profile
-(warm-up by time, then at least min_iters iterations AND min_seconds).
+(warm-up by time, then at least min_iters iterations AND min_seconds). Timing is
+split into --rounds (default 3) interleaved rounds, each model in turn, with the
+samples pooled: a machine whose speed drifts then skews all models alike instead of
+whichever came last.
 
     # default: ONNX Runtime on this CPU (built-in profile, works anywhere)
     python -m legr_edge.profile runs/cifar10_resnet56
@@ -30,9 +33,11 @@ go on and the exit code stays 0. Then choose one:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,11 +53,13 @@ from legr_edge.device.profiles import Profile, load_profile
 from legr_edge.device.report import format_table, plot_tradeoff
 from legr_edge.device.rundir import (EvalData, ModelRow, check_onnx, load_eval, load_models,
                                      read_run_config)
-from legr_edge.device.timing import measure
+from legr_edge.device.timing import TimingStats, measure
 from legr_edge.errors import LegrError
 from legr_edge.io import sha256_file, write_csv, write_text
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ROUNDS = 3
 
 CSV_COLUMNS = (
     "name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1",
@@ -74,15 +81,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="re-measure models already measured")
     p.add_argument("--models", default=None,
                    help="comma-separated model names to measure (default: all in the flops table)")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help="interleaved timing rounds (default %(default)s): every model is timed in each "
+                        "round, round-robin, for min_seconds/rounds, and the samples are pooled, so "
+                        "machine drift hits all models alike; 1 = one model after another")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT builder log too)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     return run_cli(lambda: profile_run(args.run, args.profile, force=args.force,
-                                       only=_split(args.models)))
+                                       only=_split(args.models), rounds=args.rounds))
 
 
 def _split(models: str | None) -> list[str] | None:
@@ -96,8 +110,12 @@ def _split(models: str | None) -> list[str] | None:
 
 # ----- the command --------------------------------------------------------------------
 def profile_run(run: Path, profile_spec: str, *, force: bool = False,
-                only: list[str] | None = None) -> int:
-    """Validate everything up front (LegrError = exit 1, nothing written), then measure."""
+                only: list[str] | None = None, rounds: int = DEFAULT_ROUNDS) -> int:
+    """Validate everything up front (LegrError = exit 1, nothing written), then measure.
+
+    Round 1 builds each model, checks its accuracy and times it; rounds 2..N time every
+    model again in the same order and pool the samples (see ``--rounds``).
+    """
     profile = load_profile(profile_spec)
     models = load_models(run)
     selected = _select(models, only, run)
@@ -105,16 +123,24 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
     backend_cls = get_backend(profile.backend)
     backend_cls.check_available(profile)
     fingerprint = collect_fingerprint()
-    ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models)
+    ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
     records = _previous_records(ctx)
+    measured = []
     for row in _progress(selected):
         if not force and _reusable(records.get(row.name), ctx, row):
             log.info("%s: already measured with this ONNX and profile; skipped (--force re-measures)",
                      row.name)
             continue
         records[row.name] = profile_model(ctx, row)
-        log.info("%s", summary_line(records[row.name], row))
+        measured.append(row)
         _write_results(ctx, records)  # after every model: an interrupted run keeps its work
+    for round_no in range(2, rounds + 1):
+        for row in measured:
+            if records[row.name]["status"] == "ok":
+                time_again(ctx, row, records[row.name], round_no)
+        _write_results(ctx, records)
+    for row in measured:
+        log.info("%s", summary_line(records[row.name], row))
     rows = _write_results(ctx, records)
     plot_tradeoff(rows, run / f"latency_{profile.name}.png",
                   f"{ctx.run_config.get('model', run.name)} on {ctx.device} ({profile.name})")
@@ -126,9 +152,14 @@ class _Context:
     """Everything one profile run shares between models."""
 
     def __init__(self, run: Path, profile: Profile, backend_cls: type[Backend], eval_data: EvalData,
-                 fingerprint: dict[str, Any], models: list[ModelRow]) -> None:
+                 fingerprint: dict[str, Any], models: list[ModelRow], rounds: int = 1) -> None:
         self.run = run
         self.profile = profile
+        self.rounds = rounds
+        # Each round times a model for its share of the budget (warm-up is repeated per round).
+        self.round_timing = dataclasses.replace(
+            profile, min_seconds=profile.min_seconds / rounds,
+            min_iters=max(1, math.ceil(profile.min_iters / rounds)))
         self.backend_cls = backend_cls
         self.eval = eval_data
         self.fingerprint = fingerprint
@@ -178,6 +209,8 @@ def _previous_records(ctx: _Context) -> dict[str, dict[str, Any]]:
 def _reusable(prev: dict[str, Any] | None, ctx: _Context, row: ModelRow) -> bool:
     if not prev or prev.get("status") != "ok" or prev.get("host") != ctx.host:
         return False
+    if prev.get("rounds", 1) != ctx.rounds:
+        return False
     if prev.get("profile_sha256") != ctx.digest or row.manifest is None:
         return False
     path = ctx.run / "onnx" / row.manifest.get("file", f"{row.name}.onnx")
@@ -190,7 +223,7 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "name": row.name, "status": "failed", "error": "", "batches": [], "warnings": [],
         "profile_sha256": ctx.digest, "host": ctx.host, "device": ctx.device,
-        "model_dir": row.path, "measured_at": _now(),
+        "model_dir": row.path, "measured_at": _now(), "rounds": ctx.rounds,
     }
     backend = None
     try:
@@ -201,7 +234,7 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
         with backend:
             rec["deployed_top1"] = deployed_top1(backend, ctx.eval, max(ctx.profile.batch_sizes))
             rec["eval_images"] = len(ctx.eval)
-            rec["batches"] = [_time_batch(backend, ctx.profile, b, row.name)
+            rec["batches"] = [_time_batch(backend, ctx.round_timing, b, row.name)
                               for b in ctx.profile.batch_sizes]
         rec["status"] = "ok"
     except LegrError:
@@ -217,6 +250,25 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
         if backend.engine_path is not None:
             rec["engine_path"] = _relative(backend.engine_path, ctx.run)
     return rec
+
+
+def time_again(ctx: _Context, row: ModelRow, rec: dict[str, Any], round_no: int) -> None:
+    """One more interleaved timing round for a model measured before; samples are pooled.
+
+    A failure here keeps the earlier rounds and is recorded as a warning.
+    """
+    try:
+        onnx_path = ctx.run / rec["onnx_file"]
+        with ctx.backend_cls(_model_spec(ctx, row, onnx_path, rec["onnx_sha256"]), ctx.profile) as backend:
+            for b in rec["batches"]:
+                more = _time_batch(backend, ctx.round_timing, b["batch_size"], row.name)
+                b["samples_ms"].extend(more["samples_ms"])
+                b["warmup_iters"] += more["warmup_iters"]
+                b["stats"] = TimingStats.from_samples(b["samples_ms"], b["batch_size"]).to_dict()
+    except Exception as e:  # keep what the earlier rounds measured
+        msg = f"timing round {round_no} failed: {type(e).__name__}: {e}"
+        rec["warnings"].append(msg)
+        log.warning("%s: %s", row.name, msg)
 
 
 def _model_spec(ctx: _Context, row: ModelRow, onnx_path: Path, digest: str) -> ModelSpec:

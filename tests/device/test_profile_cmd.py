@@ -205,3 +205,30 @@ def test_missing_run_dir_says_so(tmp_path: Path, fast_profile: Path, caplog) -> 
     assert profile_cmd.main([str(tmp_path / "nope"), "--profile", str(fast_profile)]) == 1
     assert "not a directory" in caplog.text
     assert not (tmp_path / "nope").exists()
+
+
+def test_rounds_interleave_models_and_pool_samples(run_dir: Path, fast_profile: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    real = profile_cmd._time_batch
+
+    def spy(backend, profile, batch, name):
+        calls.append(name)
+        return real(backend, profile, batch, name)
+
+    monkeypatch.setattr(profile_cmd, "_time_batch", spy)
+    assert profile_cmd.main([str(run_dir), "--profile", str(fast_profile), "--rounds", "3"]) == 0
+    per_round = [n for n in WIDTHS for _ in ("1", "4")]           # every model, both batch sizes
+    assert calls == per_round * 3                                  # round-robin, not model by model
+    data = json.loads((run_dir / "latency_fast.json").read_text())
+    for rec in data["models"]:
+        assert rec["rounds"] == 3
+        for b in rec["batches"]:
+            # fast profile: min_iters 3 over 3 rounds -> at least 1 sample per round, pooled
+            assert b["stats"]["n"] == len(b["samples_ms"]) >= 3
+    rows = _rows(run_dir / "latency_fast.csv")
+    assert all(int(r["n_iters"]) >= 3 for r in rows)
+
+
+def test_rounds_must_be_positive(run_dir: Path, fast_profile: Path) -> None:
+    with pytest.raises(SystemExit):
+        profile_cmd.main([str(run_dir), "--profile", str(fast_profile), "--rounds", "0"])
