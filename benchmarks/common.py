@@ -40,10 +40,12 @@ class RunMeta:
     command: str         # the exact command line
     date: str            # UTC, ISO 8601
     fingerprint: dict[str, Any]
+    variant: str = ""    # e.g. "learned ranking": its own section and result folder
 
     @property
     def section(self) -> str:
-        return f"{self.name} ({'quick' if self.quick else 'full'})"
+        mode = "quick" if self.quick else "full"
+        return f"{self.name} ({mode}{', ' + self.variant if self.variant else ''})"
 
     @property
     def device(self) -> str:
@@ -70,11 +72,11 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return " ".join([head, *(shlex.quote(a) for a in argv[1:])])
 
 
-def start(name: str, quick: bool, verbose: bool = False) -> RunMeta:
+def start(name: str, quick: bool, verbose: bool = False, variant: str = "") -> RunMeta:
     """Set up logging and collect the run's metadata (fingerprint takes ~1 s)."""
     setup_logging(verbose)
     meta = RunMeta(name=name, quick=quick, command=command_line(), date=now(),
-                   fingerprint=collect_fingerprint())
+                   fingerprint=collect_fingerprint(), variant=variant)
     log.info("%s: %s on %s", meta.section, meta.command, meta.device)
     return meta
 
@@ -83,10 +85,11 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def default_out(name: str, quick: bool) -> Path:
-    """``benchmarks/results/<name>/`` (full) or ``.../<name>/quick/``."""
+def default_out(name: str, quick: bool, variant: str = "") -> Path:
+    """``benchmarks/results/<name>/`` (full) or ``.../<name>/quick/``; a variant gets a subfolder."""
     base = BENCH_DIR / "results" / name
-    return base / "quick" if quick else base
+    base = base / "quick" if quick else base
+    return base / variant.replace(" ", "_") if variant else base
 
 
 def set_threads(n: int | None) -> None:

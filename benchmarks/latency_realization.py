@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.rounds = args.rounds or (5 if args.quick else 9)
     args.min_seconds = args.min_seconds or (0.15 if args.quick else 0.3)
-    meta = common.start(NAME, args.quick, args.verbose)
+    meta = common.start(NAME, args.quick, args.verbose, variant="learned ranking" if args.ranking else "")
     logging.getLogger("legr_edge.device.timing").setLevel(logging.ERROR)  # cv is reported per network instead
     torch.set_num_threads(1)  # pruning and export only; timing is ONNX Runtime's
     from legr_edge.data import load_dataset
@@ -363,7 +363,7 @@ def report(meta, args, rows, profile, t_export: float, elapsed: float) -> None:
                f"latency ratio over all networks; ties within {args.tie} go to the smaller round_to.")
     print(verdict)
     print(f"wall time {elapsed / 60:.1f} min (export {t_export:.0f} s)")
-    out = args.out or common.default_out(NAME, args.quick)
+    out = args.out or common.default_out(NAME, args.quick, meta.variant)
     settings = {k: v for k, v in vars(args).items() if k != "out"} | {"profile": profile.to_dict()}
     common.write_results(out, meta, rows, COLUMNS, settings, {"per_round_to": summary, "recommended_round_to": pick},
                          extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS)})
