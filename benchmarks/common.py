@@ -59,8 +59,9 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "matplotlib", "legr_edge.data"):
+    for noisy in ("onnx_ir", "onnxscript", "matplotlib", "legr_edge.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision ops not registered, at every export
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
