@@ -186,6 +186,10 @@ def _set_submodule(root, target: str, module) -> None:
 def _torch_export(model, example, path: Path, opset: int) -> None:
     import torch
 
+    # At every export torch.onnx warns that torchvision's ops are not registered; importing
+    # torch resets its loggers' levels, so this is set here rather than in setup_logging.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
     quiet = contextlib.redirect_stdout(_io.StringIO())
     with warnings.catch_warnings(), quiet:
         warnings.simplefilter("ignore")

@@ -138,6 +138,7 @@ def dense_model(cfg: SearchConfig, data, run: Path, device: torch.device):
     if (out / "metrics.json").exists():
         log.info("dense model: reusing %s", out)
         return arch.load_model(out, device), json.loads((out / "metrics.json").read_text())
+    torch.manual_seed(cfg.seed)  # weight init draws from torch's global generator
     model = create_model(cfg.model, info.num_classes, info.in_chans)
     _check_input(model, info)
     model.to(device)
@@ -276,6 +277,7 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
         mask, _ = ctx.pruner.prune_to(scores, target)
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
+        torch.manual_seed(cfg.seed + 1)  # dropout and anything else on the global generator
         net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
                        ctx.device, cfg.seed + 1, f"finetune {name}")
         rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, ctx.pruner.dense_macs))

@@ -153,3 +153,16 @@ def test_help_explains(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--targets" in text and "python -m legr_edge.search --preset smoke" in text
+
+
+def test_same_seed_gives_the_same_ranking_and_family(tiny_run, tmp_path):
+    """A second run from scratch (pretraining included) reproduces the first one exactly."""
+    out = tmp_path / "again"
+    assert main(TINY_SEARCH + ["--out", str(out), "--no-export"]) == 0
+    a = json.loads((tiny_run / "ranking.json").read_text())
+    b = json.loads((out / "ranking.json").read_text())
+    assert a["layers"] == b["layers"] and a["best_fitness"] == b["best_fitness"]
+    dense_a = torch.load(tiny_run / "models" / "dense" / "weights.pt", weights_only=True)
+    dense_b = torch.load(out / "models" / "dense" / "weights.pt", weights_only=True)
+    assert all(torch.equal(dense_a[k], dense_b[k]) for k in dense_a)
+    assert _rows(tiny_run / "flops_table.csv") == _rows(out / "flops_table.csv")
