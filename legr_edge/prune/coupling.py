@@ -83,8 +83,9 @@ def build_coupling(model: nn.Module, example_input: torch.Tensor,
         if group is not None:
             groups.append(group)
             offset += group.size
+    modules = dict(model.named_modules())
     scored = tuple(m.name for g in groups for m in g.members
-                   if m.is_out and isinstance(_get(model, m.name), nn.Conv2d))
+                   if m.is_out and isinstance(modules.get(m.name), nn.Conv2d))
     if not groups:
         raise LegrError("the model has no prunable convolution channels")
     log.debug("coupling: %d groups, %d channels, %d scored layers", len(groups), offset, len(scored))
@@ -134,6 +135,3 @@ def execution_order(model: nn.Module, example_input: torch.Tensor, types) -> lis
             h.remove()
     return order
 
-
-def _get(model: nn.Module, name: str):
-    return model.get_submodule(name) if name in dict(model.named_modules()) else None

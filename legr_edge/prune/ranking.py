@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
 import numpy as np
 import torch.nn as nn
@@ -112,15 +111,23 @@ class Pruner:
         raw = np.bincount(self._group, weights=(scores >= threshold), minlength=len(self._sizes))
         return self.group_counts(raw)
 
-    def mask_from_counts(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Keep the ``counts[g]`` best channels of every group (and each concat input's floor)."""
-        mask = ranks < counts[self._group]
+    def protected(self, scores: np.ndarray) -> np.ndarray:
+        """Channels kept whatever the threshold: each concat input's floor of best channels."""
+        keep = np.zeros(len(scores), dtype=bool)
         for roots, floor in self._partial:
-            mask[roots[np.argsort(-scores[roots], kind="stable")[:floor]]] = True
-        return mask
+            keep[roots[np.argsort(-scores[roots], kind="stable")[:floor]]] = True
+        return keep
 
-    def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float) -> np.ndarray:
-        return self.mask_from_counts(scores, ranks, self.counts_for_threshold(scores, threshold))
+    def mask_from_counts(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray,
+                         protected: np.ndarray | None = None) -> np.ndarray:
+        """Keep the ``counts[g]`` best channels of every group (and each concat input's floor)."""
+        if protected is None:
+            protected = self.protected(scores)
+        return (ranks < counts[self._group]) | protected
+
+    def mask_for_threshold(self, scores: np.ndarray, ranks: np.ndarray, threshold: float,
+                           protected: np.ndarray | None = None) -> np.ndarray:
+        return self.mask_from_counts(scores, ranks, self.counts_for_threshold(scores, threshold), protected)
 
     def prune_to(self, scores: np.ndarray, target: float) -> tuple[np.ndarray, int]:
         """Keep-mask with the largest MACs <= ``target`` * dense MACs, and those MACs.
@@ -135,20 +142,21 @@ class Pruner:
             raise LegrError(f"target must be in (0, 1], got {target}")
         budget = target * self.dense_macs
         ranks = within_group_ranks(scores, self._group)
+        keep = self.protected(scores)
         levels = np.append(np.unique(scores), np.inf)
         lo, hi = 0, len(levels) - 1  # levels[hi] keeps only the floors
-        if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[lo])) <= budget:
+        if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[lo], keep)) <= budget:
             hi = lo
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[mid])) <= budget:
+            if self.cost.macs(self.mask_for_threshold(scores, ranks, levels[mid], keep)) <= budget:
                 hi = mid
             else:
                 lo = mid
         counts = self.counts_for_threshold(scores, levels[hi])
         if self.round_to > 1:  # without rounding the threshold is already one channel from the target
-            counts = self._fill(scores, ranks, counts, budget)
-        mask = self.mask_from_counts(scores, ranks, counts)
+            counts = self._fill(scores, ranks, counts, budget, keep)
+        mask = self.mask_from_counts(scores, ranks, counts, keep)
         macs = self.cost.macs(mask)
         if macs > budget:
             log.warning("target %.3f cannot be met: the per-layer floors (min %d channels, %.0f%%, "
@@ -156,13 +164,14 @@ class Pruner:
                         100 * self.min_fraction, self.round_to, macs / self.dense_macs)
         return mask, macs
 
-    def _fill(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray, budget: float) -> np.ndarray:
+    def _fill(self, scores: np.ndarray, ranks: np.ndarray, counts: np.ndarray, budget: float,
+              keep: np.ndarray) -> np.ndarray:
         """Grow groups by whole blocks, best-scored block first, while MACs stay within budget."""
         while True:
             for g in self.next_blocks(scores, ranks, counts):
                 trial = counts.copy()
                 trial[g] = self.grown(g, counts[g])
-                if self.cost.macs(self.mask_from_counts(scores, ranks, trial)) <= budget:
+                if self.cost.macs(self.mask_from_counts(scores, ranks, trial, keep)) <= budget:
                     counts = trial
                     break
             else:
@@ -188,8 +197,3 @@ def within_group_ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
     ranks[order] = np.arange(len(scores)) - starts
     return ranks
 
-
-def required(value: float, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value)):
-        raise LegrError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
