@@ -1,8 +1,9 @@
 """The search command's configuration: presets, flags, one frozen dataclass.
 
-Resolution order: dataclass defaults < ``--preset`` < the device ``--profile``
-(default ``cpu-ort``: its ``round_to``) < flags given explicitly on the command line. The resolved config is written to
-``config.json`` in the run directory.
+Resolution order: dataclass defaults < ``--scoring`` (the product's ``v2`` or the
+``paper``'s method) < ``--preset`` < the device ``--profile`` (default ``cpu-ort``: its
+``round_to``) < flags given explicitly on the command line. The resolved config is
+written to ``config.json`` in the run directory.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ DEFAULT_TARGETS = (0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     model: str = "resnet20"
-    dataset: str = "digits"
+    dataset: str = "shapes"
     data_dir: str | None = None
     checkpoint: str | None = None
     out: str | None = None
@@ -28,23 +29,34 @@ class SearchConfig:
     val_fraction: float = 0.1
     batch_size: int = 64
     # dense pretraining (when no checkpoint is given)
-    pretrain_epochs: int = 30
+    pretrain_epochs: int = 12
     pretrain_lr: float = 0.1
-    # the ranking search
+    # the ranking search (defaults: the product's method, see SCORING for the paper's)
     targets: tuple[float, ...] = DEFAULT_TARGETS
     search_target: float | None = None   # default: the smallest target
-    population: int = 16
-    sample: int = 4
-    candidates: int = 48
-    tau: int = 40
+    scoring: str = "v2"                  # v2 (the product's) | paper (the published method)
+    score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
+    group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
+    seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
+    init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
+    mutate_scale: float = 0.5            # the same for mutations
+    population: int = 64
+    sample: int = 16
+    candidates: int = 400
+    recal_batches: int = 16              # BatchNorm recalibration batches before fitness (0 = off)
+    fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
+    fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
+    tau: int = 0
     tau_lr: float = 0.01
-    fitness: str = "accuracy"            # accuracy | loss
+    fitness: str = "loss"                # loss | accuracy, on the fixed validation subset
+    finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
+    final_rounds: int = 3                # fresh recalibration draws for that re-scoring
     round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
     ignore_layers: tuple[str, ...] = ()
     # the family
-    finetune_epochs: int = 10
+    finetune_epochs: int = 3
     finetune_lr: float = 0.01
     export: bool = True
     opset: int | None = None
@@ -58,6 +70,19 @@ class SearchConfig:
             _check_fraction(self.search_target, "--search-target")
         if self.fitness not in ("accuracy", "loss"):
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
+        if self.scoring not in SCORING:
+            raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {self.scoring!r}")
+        from legr_edge.prune.scoring import NORMALISATIONS, REDUCTIONS
+        if self.score_norm not in NORMALISATIONS:
+            raise LegrError(f"--score-norm must be one of {', '.join(NORMALISATIONS)}, got {self.score_norm!r}")
+        if self.group_reduce not in REDUCTIONS:
+            raise LegrError(f"--group-reduce must be one of {', '.join(REDUCTIONS)}, got {self.group_reduce!r}")
+        for t in self.fitness_targets:
+            _check_fraction(t, "--fitness-targets value")
+        for name in ("init_scale", "mutate_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 100.0):
+                raise LegrError(f"--{name.replace('_', '-')} must be a number in [0, 100), got {value!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LegrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -67,13 +92,18 @@ class SearchConfig:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sample > self.population:
             raise LegrError(f"--sample ({self.sample}) must not exceed --population ({self.population})")
-        for name in ("pretrain_epochs", "tau", "finetune_epochs"):
+        for name in ("pretrain_epochs", "tau", "finetune_epochs", "recal_batches", "fitness_val_limit",
+                     "finalists", "final_rounds"):
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
     @property
     def effective_search_target(self) -> float:
         return self.search_target if self.search_target is not None else min(self.targets)
+
+    @property
+    def effective_fitness_targets(self) -> tuple[float, ...]:
+        return self.fitness_targets or (self.effective_search_target,)
 
     @property
     def run_dir(self) -> str:
@@ -83,14 +113,25 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
+# What --scoring paper changes: the published method exactly (raw squared L2 norms, a
+# coupled channel SUMS its members, identity-only seeding, alpha = exp(N(0,1)) and
+# kappa = N(0, sigma_l), fitness = validation accuracy after tau SGD steps with stale
+# BatchNorm statistics, the single best candidate). "v2" is the dataclass defaults.
+SCORING: dict[str, dict[str, Any]] = {
+    "v2": {},
+    "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, init_scale=1.0,
+                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", tau=40, finalists=0),
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds, for tests and checks: a few candidates, a few steps.
-    "smoke": dict(pretrain_epochs=2, population=4, sample=2, candidates=6, tau=5,
-                  finetune_epochs=1, targets=(0.5, 0.3), batch_size=64),
-    # The embedded default run (digits + ResNet-20): under 10 minutes on 2 CPU cores.
+    # Seconds, for tests and checks: the small embedded data set, a few candidates.
+    "smoke": dict(dataset="digits", pretrain_epochs=2, population=4, sample=2, candidates=6,
+                  recal_batches=2, finalists=2, final_rounds=1, finetune_epochs=1, targets=(0.5, 0.3),
+                  batch_size=64),
+    # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
     "default": {},
-    # The published hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
-    "paper": dict(pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
+    # The published method and hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
+    "paper": dict(scoring="paper", pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
                   batch_size=128, tau_lr=0.01, finetune_epochs=200, finetune_lr=0.01),
 }
 
@@ -109,7 +150,11 @@ def resolve(explicit: dict[str, Any]) -> SearchConfig:
     preset = explicit.get("preset", "default")
     if preset not in PRESETS:
         raise LegrError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    values: dict[str, Any] = dict(PRESETS[preset])
+    scoring = explicit.get("scoring", PRESETS[preset].get("scoring", SearchConfig.scoring))
+    if scoring not in SCORING:
+        raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {scoring!r}")
+    values: dict[str, Any] = dict(SCORING[scoring])
+    values.update(PRESETS[preset])
     values.update(explicit)
     if "round_to" not in explicit:
         from legr_edge.device.profiles import load_profile
