@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from legr_edge.device.profiles import GPU_PROVIDERS, Profile
 
 log = logging.getLogger(__name__)
 
-ProviderEntry = tuple[str, dict[str, str]]
+# typing.Tuple, not tuple[...]: a module-level alias is evaluated at run time, and
+# JetPack 5 runs Python 3.8, where tuple[...] is a TypeError.
+ProviderEntry = Tuple[str, Dict[str, str]]
 
 
 def provider_options(profile: Profile, input_name: str, input_shape: tuple[int, ...],
