@@ -80,8 +80,9 @@ def test_wheel_ships_every_profile(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                         "-q", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True,
                        timeout=300)
-    if r.returncode != 0 and "No module named" in r.stderr:
-        pytest.skip(f"cannot build a wheel here: {r.stderr.strip().splitlines()[-1]}")
+    if r.returncode != 0 and ("No module named" in r.stderr or "bdist_wheel" in r.stderr):
+        pytest.skip("this environment cannot build wheels without build isolation (no `wheel` "
+                    "package); the main test environment checks the wheel")
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("legr_edge-*.whl"))
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("legr_edge/profiles/")}

@@ -26,6 +26,7 @@ from legr_edge.device.backends import tensorrt as trt_backend
 from legr_edge.device.backends import tensorrt_build
 from legr_edge.device.backends.tensorrt_build import plan_build
 from legr_edge.device.backends import ModelSpec
+from legr_edge.device.fp16 import converter_available
 from legr_edge.device.profiles import load_profile
 from tests.device.fixture_run import HW
 from tests.device.strict_trt import API_DIR, VERSIONS, FakeCuda, FakeTrt, TrtNames
@@ -104,6 +105,8 @@ def test_build_and_runtime_run_on_the_strict_fake(stem: str, run_dir: Path, monk
     monkeypatch.setattr(trt_backend, "_import_trt", lambda profile: trt)
     monkeypatch.setattr(trt_backend, "_import_cuda", lambda profile: cuda)
     profile = dataclasses.replace(load_profile("gpu-trt-fp16"), batch_sizes=(1, 4))
+    if stem == "11.4" and not converter_available():  # fp16 on 11.x needs the ONNX converter
+        profile = dataclasses.replace(profile, precision="fp32")
     spec = ModelSpec("dense", run_dir / "onnx" / "dense.onnx", "0" * 64, input_shape=(3, HW, HW),
                      cache_dir=run_dir / "engines" / "p")
     import numpy as np
