@@ -31,7 +31,8 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12",
-             "pycuda", "torch", "matplotlib")
+             "tensorrt-cu12-bindings", "cuda-python", "cuda-bindings", "pycuda",
+             "onnxconverter-common", "torch", "matplotlib")
 _TIMEOUT_S = 5
 SYSROOT = Path("/")
 

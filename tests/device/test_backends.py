@@ -225,3 +225,15 @@ def test_fp16_conversion_keeps_float32_io_and_top1(run_dir: Path, tmp_path: Path
         y = be.infer(x)
     np.testing.assert_allclose(y, ref, atol=2e-2, rtol=2e-2)
     assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_ir_version_too_new_is_one_clear_reason(run_dir: Path) -> None:
+    """An ONNX IR newer than this onnxruntime reads: the error names both versions and the fix."""
+    import onnx
+    path = run_dir / "onnx" / "dense.onnx"
+    m = onnx.load(str(path))
+    m.ir_version = 99
+    onnx.save(m, str(path))
+    spec = ModelSpec("dense", path, "0" * 64, input_shape=(3, HW, HW))
+    with pytest.raises(RuntimeError, match=r"reads ONNX IR version <= \d+, but dense.onnx is IR 99.*>= 1\.18"):
+        get_backend("onnxruntime")(spec, _profile_for("onnxruntime")).activate()
