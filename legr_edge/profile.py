@@ -125,13 +125,15 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
     selected = _select(models, only, run)
     eval_data = load_eval(run)
     backend_cls = get_backend(profile.backend)
-    fingerprint = collect_fingerprint()
-    ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
+    unavailable = None
     try:
         backend_cls.check_available(profile)
     except BackendUnavailable as e:  # every model is recorded as failed with this reason
         log.error("%s", e)
-        ctx.unavailable = str(e)
+        unavailable = str(e)
+    fingerprint = collect_fingerprint()
+    ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
+    ctx.unavailable = unavailable
     records = _previous_records(ctx)
     measured = []
     for row in _progress(selected):

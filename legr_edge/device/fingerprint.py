@@ -153,6 +153,24 @@ def gpu_info() -> dict[str, Any]:
     if cuda:
         out["cuda_driver_api"] = cuda
     out.update(_pycuda_info())
+    out.update(_cuda_python_info())
+    return out
+
+
+def _cuda_python_info() -> dict[str, Any]:
+    """Only when cuda-python was already imported (by the TensorRT backend's check)."""
+    if not any(m in sys.modules for m in ("cuda.bindings.runtime", "cuda.cudart")):
+        return {}
+    from legr_edge.device.backends.cuda_api import CudaError, CudaPython
+    api = CudaPython()
+    out: dict[str, Any] = dict(api.versions())
+    try:
+        props = api.device_props()
+    except CudaError:
+        return out
+    out.setdefault("name", props.name)
+    out.update(compute_capability=props.compute_capability, sm_count=props.sm_count,
+               memory_mib=props.total_mem_mib)
     return out
 
 
