@@ -320,6 +320,7 @@ class FakeCuda(CudaApi):
         self._ids = itertools.count(1000, 1000)
         self.graphs: Dict[int, List[Callable[[], Any]]] = {}
         self.live_graphs: Set[int] = set()
+        self.live_handles: Set[int] = set()  # streams and events not yet destroyed
 
     def _do(self, what: str) -> None:
         self.calls.append(what)
@@ -336,7 +337,8 @@ class FakeCuda(CudaApi):
         return DeviceProps("Orin", "8.7", 8, 7620)
 
     def stream(self) -> int:
-        return next(self._ids)
+        self.live_handles.add(next(self._ids))
+        return max(self.live_handles)
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream)
@@ -345,7 +347,14 @@ class FakeCuda(CudaApi):
         self._do("synchronize")
 
     def event(self) -> int:
-        return next(self._ids)
+        self.live_handles.add(next(self._ids))
+        return max(self.live_handles)
+
+    def destroy_event(self, event: Any) -> None:
+        self.live_handles.remove(event)
+
+    def destroy_stream(self, stream: Any) -> None:
+        self.live_handles.remove(stream)
 
     def record(self, event: Any, stream: Any) -> None:
         self._do("record")

@@ -244,6 +244,7 @@ def test_runtime_half_infers_and_times_on_each_release(monkeypatch, run_dir: Pat
     assert info["timing_mode"] == "latency" and "host latency" in info["measures"]
     assert info["onnx_converted_to_fp16"] is convert
     assert "launch" in cuda.calls and not cuda.live_graphs  # graph replayed, then freed
+    assert not cuda.live_handles and not trt._memory  # streams, events, buffers freed
     assert be.engine_path.is_file()
 
 

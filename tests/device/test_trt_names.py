@@ -45,7 +45,7 @@ def wheels():
     out = {}
     cache = make_name_lists.cache_dir()
     for stem, req in make_name_lists.WHEELS.items():
-        wheel = make_name_lists.wheel_path(req, cache) or make_name_lists.download(req, cache, 180)
+        wheel = make_name_lists.wheel_path(req, cache) or make_name_lists.download(req, cache, 60)
         if wheel is None:
             pytest.skip(f"{req} is not in {cache} and pip could not download it (no network?): "
                         f"the committed name lists cannot be re-derived here")

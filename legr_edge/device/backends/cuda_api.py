@@ -86,8 +86,14 @@ class CudaApi:
     def synchronize(self, stream: Any) -> None:
         raise NotImplementedError
 
+    def destroy_stream(self, stream: Any) -> None:
+        """Release a stream (no-op where the binding's object frees itself)."""
+
     def event(self) -> Any:
         raise NotImplementedError
+
+    def destroy_event(self, event: Any) -> None:
+        """Release an event (no-op where the binding's object frees itself)."""
 
     def record(self, event: Any, stream: Any) -> None:
         raise NotImplementedError
@@ -268,8 +274,14 @@ class CudaPython(CudaApi):
     def synchronize(self, stream: Any) -> None:
         self._call("cudaStreamSynchronize", stream)
 
+    def destroy_stream(self, stream: Any) -> None:
+        self._call("cudaStreamDestroy", stream)
+
     def event(self) -> Any:
         return self._call("cudaEventCreate")
+
+    def destroy_event(self, event: Any) -> None:
+        self._call("cudaEventDestroy", event)
 
     def record(self, event: Any, stream: Any) -> None:
         self._call("cudaEventRecord", event, stream)
@@ -315,6 +327,10 @@ class CudaPython(CudaApi):
         return self._call("cudaStreamEndCapture", stream)
 
     def instantiate(self, graph: Any) -> Any:
+        # cudaGraphInstantiateWithFlags(graph, flags) -> (err, exec) in every cuda-python
+        # since CUDA 11.4; plain cudaGraphInstantiate took a log buffer before CUDA 12.
+        if hasattr(self.rt, "cudaGraphInstantiateWithFlags"):
+            return self._call("cudaGraphInstantiateWithFlags", graph, 0)
         return self._call("cudaGraphInstantiate", graph, 0)
 
     def launch(self, graph_exec: Any, stream: Any) -> None:

@@ -367,7 +367,11 @@ def _free_slot(cuda: Optional[CudaApi], slot: _Slot) -> None:
         cuda.free(mem)
     for arr in slot.host.values():
         cuda.free_host(arr)
-    slot.device, slot.host = {}, {}
+    for start, end in slot.events:
+        cuda.destroy_event(start)
+        cuda.destroy_event(end)
+    cuda.destroy_stream(slot.stream)
+    slot.device, slot.host, slot.events = {}, {}, []
 
 
 def _make_calibrator(trt: Any, cuda: CudaApi, data: np.ndarray, batch: int, cache: Path) -> Any:
