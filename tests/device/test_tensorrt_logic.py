@@ -328,3 +328,18 @@ def test_installed_parser_opset_fails_the_model(monkeypatch, run_dir: Path) -> N
     with pytest.raises(RuntimeError, match=r"opset 18.*TensorRT 8\.6\.1"):
         be.activate()
     assert not be.active
+
+
+def test_int8_calibrator_feeds_eval_images_through_the_cuda_binding(monkeypatch, run_dir: Path) -> None:
+    """TensorRT 10 INT8 without Q/DQ: the calibrator TensorRT gets hands out device pointers."""
+    be, trt, cuda, _ = _backend(monkeypatch, run_dir, precision="int8", cuda_graphs=False)
+    calib = np.random.default_rng(0).standard_normal((10, 3, HW, HW)).astype(np.float32)
+    be.spec = dataclasses.replace(be.spec, calibration=calib)
+    with be:
+        (calibrator,) = settings(trt, "int8_calibrator")
+        assert calibrator.get_batch_size() == 1
+        ptrs = calibrator.get_batch(["input"])
+        assert len(ptrs) == 1 and np.array_equal(
+            np.frombuffer(trt._memory[ptrs[0]], np.float32).reshape(1, 3, HW, HW), calib[:1])
+        assert calls(trt, "set_calibration_profile")
+    assert be.info()["build_plan"]["calibrate"] is True
