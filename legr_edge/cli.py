@@ -23,12 +23,28 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
+# Packages only the workstation half (search, export) needs; see README "Install".
+WORKSTATION_PACKAGES = ("torch", "torch_pruning", "onnxscript", "torchvision")
+TORCH_INSTALL = "pip install torch==2.13.0 && pip install \"legr_edge[torch]\""
+
+
 def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; a LegrError becomes one error line and exit code 1."""
+    """Run a command body; a LegrError becomes one error line and exit code 1.
+
+    So does a missing workstation package (torch on a device that has only the
+    torch-free half installed): one line naming the install command, not a traceback.
+    """
     try:
         return body()
     except LegrError as e:
         log.error("%s", e)
+        return 1
+    except ModuleNotFoundError as e:
+        package = (e.name or "").split(".")[0]
+        if package not in WORKSTATION_PACKAGES:
+            raise
+        log.error("%s is not installed here; search and export (the workstation half) need it: "
+                  "%s (profile and pick need no torch)", package, TORCH_INSTALL)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; finished results are on disk (re-run with --resume where offered)")

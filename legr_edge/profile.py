@@ -27,7 +27,10 @@ Writes, next to the flops table (each file replaced atomically):
 Models already measured with the same ONNX sha256, the same profile settings and on
 the same host are skipped unless --force. A model that fails (missing or corrupt
 ONNX, build or run error) gets status=failed and the reason in `error`; the others
-go on and the exit code stays 0. Then choose one:
+go on and the exit code stays 0. A backend that cannot run on this machine at all
+(TensorRT or CUDA missing, TensorRT older than 8.5) fails every model with that reason,
+also with exit code 0; exit code 1 is for bad input (run directory, profile, flags).
+Then choose one:
     python -m legr_edge.pick runs/cifar10_resnet56/latency_cpu-ort.csv --max-latency-ms 2
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ import numpy as np
 from legr_edge import __version__
 from legr_edge.cli import run_cli, setup_logging
 from legr_edge.device.backends import Backend, ModelSpec, get_backend
+from legr_edge.device.backends.base import BackendUnavailable
 from legr_edge.device.fingerprint import collect_fingerprint, short_device_name
 from legr_edge.device.onnx_info import inspect_onnx
 from legr_edge.device.profiles import Profile, load_profile
@@ -121,9 +125,15 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
     selected = _select(models, only, run)
     eval_data = load_eval(run)
     backend_cls = get_backend(profile.backend)
-    backend_cls.check_available(profile)
+    unavailable = None
+    try:
+        backend_cls.check_available(profile)
+    except BackendUnavailable as e:  # every model is recorded as failed with this reason
+        log.error("%s", e)
+        unavailable = str(e)
     fingerprint = collect_fingerprint()
     ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
+    ctx.unavailable = unavailable
     records = _previous_records(ctx)
     measured = []
     for row in _progress(selected):
@@ -171,6 +181,7 @@ class _Context:
         self.json_path = run / f"latency_{profile.name}.json"
         self.csv_path = run / f"latency_{profile.name}.csv"
         self.cache_dir = run / "engines" / profile.name
+        self.unavailable: str | None = None  # why the backend cannot run here, if it cannot
 
 
 def _select(models: list[ModelRow], only: list[str] | None, run: Path) -> list[ModelRow]:
@@ -227,6 +238,8 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
     }
     backend = None
     try:
+        if ctx.unavailable:
+            raise RuntimeError(ctx.unavailable)
         onnx_path, digest = check_onnx(ctx.run, row)
         rec.update(onnx_file=str(onnx_path.relative_to(ctx.run)), onnx_sha256=digest)
         spec = _model_spec(ctx, row, onnx_path, digest)
