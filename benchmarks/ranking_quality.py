@@ -110,11 +110,11 @@ class Budget:
     pretrain_epochs: int = 30
     finetune_epochs: int = 4
     finetune_lr: float = 0.01
-    population: int = 32
-    sample: int = 8
-    candidates: int = 96
-    recal_batches: int = 16
-    paper_tau: int = 30           # legr_paper's tau steps per candidate
+    population: int = 12
+    sample: int = 4
+    candidates: int = 32
+    recal_batches: int = 8
+    paper_tau: int = 20           # legr_paper's tau steps per candidate
     tau_lr: float = 0.01
     round_to: int = 1
     tp_tolerance: float = 0.005   # TP's MACs at most the target and within this fraction below it
@@ -126,9 +126,11 @@ class Budget:
 
 # Full-mode budgets per setting ("data/model"), chosen to fit about an hour on 2 cores.
 FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1),
-        "shapes/resnet56": Budget(model="resnet56", pretrain_epochs=15, finetune_epochs=1),
+        "shapes/resnet56": Budget(model="resnet56", pretrain_epochs=10, finetune_epochs=1),
         "digits/resnet20": Budget(pretrain_epochs=30, finetune_epochs=3)}
 FULL_SEEDS = {"shapes/resnet20": "0,1,2,3,4", "shapes/resnet56": "0,1,2,3,4", "digits/resnet20": "0,1"}
+CACHED_ONLY = False  # --cached-only: report what the cache holds, compute nothing
+FINETUNE = True      # --no-finetune: recalibrated top-1 only
 QUICK = Budget(train_limit=640, pretrain_epochs=8, finetune_epochs=3, population=3, sample=2,
                candidates=5, recal_batches=4, paper_tau=5)
 
@@ -146,11 +148,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--ablation", default="shapes/resnet20",
                    help="settings that get the ablation at the search target ('' for none)")
+    p.add_argument("--no-finetune", action="store_true",
+                   help="score every pruned network after recalibration only (no fine-tuning): a cheaper run")
+    p.add_argument("--ablation-seeds", type=int, default=3, help="how many of the seeds the ablation runs (3)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: report the rows the cache holds (e.g. after an interrupted run)")
     p.add_argument("--multi-target", action="store_true",
                    help="also run legr_multi (fitness at the search target and 0.5) at every target")
     p.add_argument("--pretrain-epochs", type=int, help="override the per-setting default")
     p.add_argument("--finetune-epochs", type=int, help="override the per-setting default")
-    p.add_argument("--candidates", type=int, help="LeGR candidates per search (default 96)")
+    p.add_argument("--candidates", type=int, help="LeGR candidates per search (default 32)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's; --quick: 1, robust on a busy machine)")
@@ -234,13 +241,15 @@ def prepare(setting: str, budget: Budget, targets: list[float], work: Path, devi
     return Bench(setting, budget, root, ctx, dense_row, targets)
 
 
-def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray:
+def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
     """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``."""
     b, over = bench.budget, LEGR_VARIANTS[variant]
     key = b.key("population", "sample", "candidates", "recal_batches", "paper_tau", "tau_lr", "round_to",
                 "batch_size")
     vkey = hashlib.sha256(json.dumps(over, sort_keys=True).encode()).hexdigest()[:6]
     run = bench.root / f"{variant}-{key}-{vkey}-t{min(bench.targets):g}-seed{seed}"
+    if CACHED_ONLY and not (run / "ranking.json").exists():
+        return None
     run.mkdir(parents=True, exist_ok=True)
     cfg = search_config(bench.dataset, b, bench.targets, seed, run, **over)
     dense, coupling = bench.ctx.dense, bench.pruner.coupling
@@ -341,17 +350,21 @@ def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Mo
 
 def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
+    finetune = finetune and FINETUNE
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
     tag = "" if finetune else "-recal"
     path = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}{tag}.json"
     if path.exists():
         return json.loads(path.read_text())
+    if CACHED_ONLY:
+        return None
     row = finetune_row(bench, method, target, seed, make_net(), finetune)
     io.write_json(path, row)
     return row
 
 
-def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: bool, bar) -> list[dict[str, Any]]:
+def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: int, bar) -> list[dict[str, Any]]:
+    """Every method at every target and seed, then the ablation on the first ``ablation`` seeds."""
     l2 = l2_scores(bench)
     group = bench.pruner.coupling.group_of_channel
     fixed = {"l2": l2, "uniform": uniform_scores(l2, group)}
@@ -370,13 +383,59 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: bo
                     make = lambda m=method, t=target: masked_net(bench, scores[m], t)
                 rows.append(cached_row(bench, method, target, seed, make))
                 bar.update(1)
-        if ablation:
-            for variant in ABLATIONS:
-                sc = legr_scores(bench, seed, variant)
-                rows.append(cached_row(bench, variant, search_target, seed,
-                                       lambda sc=sc: masked_net(bench, sc, search_target)))
-                bar.update(1)
+    for seed in seeds[:ablation]:
+        for variant in ABLATIONS:
+            sc = legr_scores(bench, seed, variant)
+            rows.append(cached_row(bench, variant, search_target, seed,
+                                   lambda sc=sc: masked_net(bench, sc, search_target)))
+            bar.update(1)
+    return [r for r in rows if r is not None]
+
+
+# ----- which normalisation: identity rankings, recalibrated, no fine-tuning ---------------
+
+NORM_STUDY = [("zscore", "mean"), ("zscore", "sum"), ("mean", "mean"), ("mean", "sum"), ("lamp", "mean"),
+              ("none", "mean"), ("none", "sum")]
+
+
+def norm_study(bench: Bench, seeds: list[int]) -> list[dict[str, Any]]:
+    """Test top-1 right after recalibration of the IDENTITY ranking under each score
+    normalisation and group reduction (no search, no fine-tuning), next to uniform and TP:
+    the measurement behind the product's default normalisation."""
+    dense, coupling = bench.ctx.dense, bench.pruner.coupling
+    l2 = l2_scores(bench)
+    rankings = {f"identity {n}/{r}": (lambda n=n, r=r: base_scores(dense, coupling, n, r))
+                for n, r in NORM_STUDY}
+    rows, tp_nets = [], {}
+    for target in bench.targets:
+        for seed in seeds:
+            for name, make in rankings.items():
+                ls = make()
+                row = cached_row(bench, name.replace(" ", "_").replace("/", "-"), target, seed,
+                                 lambda ls=ls: masked_net(bench, ls.transformed(*ls.identity()), target),
+                                 finetune=False)
+                rows.append(dict(row, method=name) if row else None)
+            for name, make in (("uniform", lambda: masked_net(bench, uniform_scores(l2, coupling.group_of_channel),
+                                                              target)),
+                               ("tp_magnitude", lambda: tp_cached(bench, tp_nets, target))):
+                row = cached_row(bench, name, target, seed, make, finetune=False)
+                rows.append(dict(row, method=name) if row else None)
     return rows
+
+
+def norm_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    targets = sorted({r["target"] for r in rows}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    header = ["ranking"] + [f"top-1 @ {t:g} (MACs)" for t in targets]
+    out = []
+    for m in methods:
+        cells = []
+        for t in targets:
+            g = _by(rows, method=m, target=t)
+            cells.append(f"{common.mean_std([r['recal_top1'] for r in g])[0]:.2f} "
+                         f"({common.mean_std([r['macs_ratio'] for r in g])[0]:.3f})")
+        out.append([m] + cells)
+    return header, out
 
 
 # ----- statistics, tables, plot ---------------------------------------------------------
@@ -476,8 +535,9 @@ def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
         row = [setting, f"{target:.2f}"]
         for m in methods:
             c = cells.get(m)
-            row.append(f"{c['test_top1_mean']:.2f}±{c['test_top1_std']:.2f} / {c['recal_top1_mean']:.1f} "
-                       f"({c['macs_ratio']:.3f})" if c else "-")
+            tuned = "-" if not c or math.isnan(c["test_top1_mean"]) else \
+                f"{c['test_top1_mean']:.2f}±{c['test_top1_std']:.2f}"
+            row.append(f"{tuned} / {c['recal_top1_mean']:.1f} ({c['macs_ratio']:.3f})" if c else "-")
         for metric in ("test_top1", "recal_top1"):
             p = pr.get(metric)
             row.append(f"{_ci(p['diff_mean'], p['ci95_low'], p['ci95_high'])} vs {p['versus']}" if p else "-")
@@ -519,7 +579,9 @@ def plot(summary: list[dict[str, Any]], dense: dict[str, float], methods: list[s
 
 
 def main(argv=None) -> int:
+    global CACHED_ONLY, FINETUNE
     args = parse_args(argv)
+    CACHED_ONLY, FINETUNE = args.cached_only, not args.no_finetune
     meta = common.start(NAME, args.quick, args.verbose)
     common.set_threads(args.threads or (1 if args.quick else None))
     settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
@@ -532,7 +594,7 @@ def main(argv=None) -> int:
     device = workflow.pick_device(args.device)
     out = args.out or common.default_out(NAME, args.quick)
     t0 = time.perf_counter()
-    rows, dense, budgets, seeds_used = [], {}, {}, {}
+    rows, dense, budgets, seeds_used, norm_rows = [], {}, {}, {}, {}
     from tqdm.auto import tqdm
     for setting in settings:
         seeds = [int(s) for s in (args.seeds or ("0" if args.quick else FULL_SEEDS.get(setting, "0,1,2"))).split(",")]
@@ -541,15 +603,19 @@ def main(argv=None) -> int:
         budgets[setting] = dataclasses.asdict(budget)
         bench = prepare(setting, budget, targets, args.work_dir, device)
         dense[setting] = bench.dense_row["test_top1"]
-        n = len(seeds) * (len(targets) * len(methods) + (len(ABLATIONS) if setting in ablate else 0))
+        n_ablation = min(args.ablation_seeds, len(seeds)) if setting in ablate else 0
+        n = len(seeds) * len(targets) * len(methods) + n_ablation * len(ABLATIONS)
+        if setting in ablate:
+            norm_rows[setting] = [r for r in norm_study(bench, seeds[:1]) if r is not None]
         with tqdm(total=n, desc=setting, unit="model", disable=None) as bar:
-            rows += run_setting(bench, methods, seeds, setting in ablate, bar)
+            rows += run_setting(bench, methods, seeds, n_ablation, bar)
     elapsed = time.perf_counter() - t0
-    report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed)
+    report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed, norm_rows)
     return 0
 
 
-def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float) -> None:
+def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float,
+           norm_rows: dict[str, list[dict[str, Any]]]) -> None:
     summary, pairs, abl = summarize(rows), paired(rows, methods), ablation(rows)
     header, trows = table_rows(summary, pairs, methods)
     print("\nTest top-1 (%): fine-tuned mean±std / after recalibration only (achieved MACs/dense); dense: "
@@ -560,7 +626,8 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
     print(f"wall time {elapsed / 60:.1f} min")
     settings = {"targets": targets, "seeds": seeds, "methods": methods, "budgets": budgets,
                 "dense_test_top1": dense, "wall_s": elapsed, "variants": LEGR_VARIANTS}
-    common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "paired": pairs, "ablation": abl},
+    common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "paired": pairs, "ablation": abl,
+                                                              "normalisation": norm_rows},
                          extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS),
                                      "paired.csv": (pairs, PAIRED_COLUMNS),
                                      "ablation.csv": (abl, ABLATION_COLUMNS)})
@@ -576,6 +643,13 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
         parts += ["Ablation at the search target: each change of the product's method switched off alone, "
                   "paired difference to `legr` (negative = the change helps):",
                   common.md_table(*reversed(ablation_table(abl)))]
+    for setting, nrows in norm_rows.items():
+        print(common.text_table(*reversed(norm_table(nrows))))
+        parts += [f"Score normalisation ({setting}): test top-1 of the IDENTITY ranking right after "
+                  "BatchNorm recalibration, no search and no fine-tuning, mean over seeds "
+                  f"{sorted({r['seed'] for r in nrows})} of the recalibration batches (achieved MACs/dense). "
+                  "`zscore/mean` is the product's default:",
+                  common.md_table(*reversed(norm_table(nrows)))]
     parts += ["Budgets: " + "; ".join(f"{d}: " + ", ".join(f"{k}={v}" for k, v in b.items())
                                       for d, b in budgets.items()),
               f"![ranking quality]({common.rel(png)}) · data: `{common.rel(out)}/`"]

@@ -40,10 +40,10 @@ class SearchConfig:
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations
-    population: int = 64
-    sample: int = 16
-    candidates: int = 400
-    recal_batches: int = 16              # BatchNorm recalibration batches before fitness (0 = off)
+    population: int = 32
+    sample: int = 8
+    candidates: int = 200
+    recal_batches: int = 8               # BatchNorm recalibration batches before fitness (0 = off)
     fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
     fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
     tau: int = 0

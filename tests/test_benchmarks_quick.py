@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import common
@@ -52,3 +53,14 @@ def test_round_to_recommendation_skips_settings_that_miss_targets():
            {"round_to": 16, "mean_lat_ratio": 0.40, "targets_met": 3, "models": 6}]
     assert recommend(per, tie=0.02)["round_to"] == 4
     assert recommend(per, tie=0.0)["round_to"] == 8
+
+
+def test_paired_confidence_interval():
+    from benchmarks.ranking_quality import paired, paired_ci
+    mean, lo, hi = paired_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and (lo, hi) == (pytest.approx(2.0 - 4.303 / 3 ** 0.5), pytest.approx(2.0 + 4.303 / 3 ** 0.5))
+    rows = [{"setting": "s", "target": 0.3, "method": m, "seed": seed, "test_top1": v, "recal_top1": v}
+            for m, vals in (("legr", (80, 82, 81)), ("uniform", (79, 80, 80)), ("l2", (70, 71, 72)))
+            for seed, v in enumerate(vals)]
+    [tuned, _] = paired(rows, ["legr", "uniform", "l2"])
+    assert tuned["versus"] == "uniform" and tuned["diff_mean"] == pytest.approx(4 / 3) and tuned["n"] == 3
