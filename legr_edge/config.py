@@ -1,8 +1,8 @@
 """The search command's configuration: presets, flags, one frozen dataclass.
 
-Resolution order: dataclass defaults < ``--scoring`` (the product's ``v2`` or the
-``paper``'s method) < ``--preset`` < the device ``--profile`` (default ``cpu-ort``: its
-``round_to``) < flags given explicitly on the command line. The resolved config is
+Resolution order: dataclass defaults < ``--preset`` (a budget) < ``--scoring`` (the
+method: the product's ``v2`` or the ``paper``'s) < the device ``--profile`` (default
+``cpu-ort``: its ``round_to``) < flags given explicitly on the command line. The resolved config is
 written to ``config.json`` in the run directory.
 """
 from __future__ import annotations
@@ -117,11 +117,14 @@ class SearchConfig:
 # coupled channel SUMS its members, identity-only seeding, alpha = exp(N(0,1)) and
 # kappa = N(0, sigma_l), fitness = validation accuracy after tau SGD steps with stale
 # BatchNorm statistics, the single best candidate). "v2" is the dataclass defaults.
+# The method's keys override a preset (a preset is a budget); tau is budget, so a preset's
+# tau (the paper preset's 200) wins over the paper method's default of 40.
 SCORING: dict[str, dict[str, Any]] = {
     "v2": {},
     "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, init_scale=1.0,
-                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", tau=40, finalists=0),
+                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0),
 }
+SCORING_BUDGET: dict[str, dict[str, Any]] = {"v2": {}, "paper": {"tau": 40}}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds, for tests and checks: the small embedded data set, a few candidates.
@@ -153,8 +156,9 @@ def resolve(explicit: dict[str, Any]) -> SearchConfig:
     scoring = explicit.get("scoring", PRESETS[preset].get("scoring", SearchConfig.scoring))
     if scoring not in SCORING:
         raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {scoring!r}")
-    values: dict[str, Any] = dict(SCORING[scoring])
+    values: dict[str, Any] = dict(SCORING_BUDGET[scoring])
     values.update(PRESETS[preset])
+    values.update(SCORING[scoring])
     values.update(explicit)
     if "round_to" not in explicit:
         from legr_edge.device.profiles import load_profile
