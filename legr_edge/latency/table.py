@@ -229,3 +229,31 @@ def relative_errors(cal: Mapping[str, float], layer_sums: Sequence[float],
     """(predicted - measured) / measured, in percent."""
     s, m = np.asarray(layer_sums, float), np.asarray(measured, float)
     return 100.0 * (cal["scale"] * s + cal["overhead_ms"] - m) / m
+
+
+def predict_models(run: Path, profile_name: str, models: Sequence[Any]) -> Dict[str, Tuple[int, float]]:
+    """{model name: (batch size, predicted ms)} from RUN/latency_table_<profile>.json, for the
+    profile's latency CSV; empty without a table. ``models`` are rundir.ModelRow-like
+    (``name``, ``manifest``). A model the table cannot describe is logged and left out."""
+    import onnx
+
+    from legr_edge.latency.graph import layer_widths
+
+    path = Path(run) / f"latency_table_{profile_name}.json"
+    if not path.is_file():
+        return {}
+    try:
+        table = LatencyTable.load(path)
+    except LegrError as e:
+        log.warning("%s; predicted latency left empty", e)
+        return {}
+    out: Dict[str, Tuple[int, float]] = {}
+    for m in models:
+        onnx_path = Path(run) / "onnx" / ((m.manifest or {}).get("file") or f"{m.name}.onnx")
+        try:
+            widths = layer_widths(onnx.load(str(onnx_path), load_external_data=False))
+            table.check_widths_known(widths, str(onnx_path))
+            out[m.name] = (table.batch_size, table.predict(widths))
+        except Exception as e:  # one model's problem must not stop the profile
+            log.warning("%s: no predicted latency (%s)", m.name, e)
+    return out
