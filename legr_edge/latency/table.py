@@ -37,6 +37,7 @@ FORMAT = "legr_edge.latency_table/1"
 
 def allowed_widths(size: int, round_to: int, min_fraction: float, min_channels: int) -> List[int]:
     """Widths the search can give a group of ``size`` channels (the Pruner's floor and rounding)."""
+    size = int(size)
     floor = max(min_channels, int(np.ceil(min_fraction * size)))
     floor = min(size, int(np.ceil(floor / round_to)) * round_to)
     return sorted(set(range(floor, size, round_to)) | {size})
