@@ -195,6 +195,7 @@ def _weight(inits, name: str, node) -> np.ndarray:
 
 
 def _layer_name(weight_name: str) -> str:
+    weight_name = weight_name.split("__pruned")[0]  # see pruned()
     return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else weight_name
 
 
@@ -284,53 +285,81 @@ def single_layer(layer: LayerSpec, cin: int, cout: int, opset: int, copies: int 
 def pruned(dense: DenseGraph, widths: Dict[int, int]) -> onnx.ModelProto:
     """The dense graph with each group ``g`` cut to its first ``widths[g]`` channels.
 
-    Weight values do not matter for latency; slicing keeps the graph valid.
+    Weight values do not matter for latency; slicing keeps the graph valid. Every sliced
+    parameter becomes a new initializer of its own node (exporters share identical
+    initializers, e.g. zero biases behind Identity nodes); what is left unused is dropped.
     """
     model = onnx.ModelProto()
     model.CopyFrom(dense.model)
     del model.graph.value_info[:]
     keep = {g: widths.get(g, size) for g, size in dense.group_size.items()}
-    by_name = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        _slice_node(node, dense, keep, by_name)
+    arrays = _constant_arrays(model)
+    new_inits: List[onnx.TensorProto] = []
+    for i, node in enumerate(model.graph.node):
+        for pos, array in _sliced_inputs(node, dense, keep, arrays).items():
+            name = f"{node.input[pos]}__pruned{i}"
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+            node.input[pos] = name
+    model.graph.initializer.extend(new_inits)
+    _drop_unused(model)
     return model
 
 
-def _replace(by_name, name: str, array: np.ndarray) -> None:
-    by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+def _constant_arrays(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    """Initializers, and Identity outputs of initializers, by tensor name."""
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
+    return arrays
 
 
-def _slice_node(node, dense: DenseGraph, keep: Dict[int, int], by_name) -> None:
+def _sliced_inputs(node, dense: DenseGraph, keep: Dict[int, int], arrays) -> Dict[int, np.ndarray]:
+    """Input position -> sliced parameter array, for the parameters this node's widths change."""
     tg = dense.tensor_group
-    if node.op_type in ("Conv", "Gemm"):
-        w = numpy_helper.to_array(by_name[node.input[1]])
-        cin = keep[tg[node.input[0]]]
-        cout = keep[tg[node.output[0]]]
+    out: Dict[int, np.ndarray] = {}
+    if node.op_type in ("Conv", "Gemm") and node.input[0] in tg:
+        w = arrays[node.input[1]]
+        cin, cout = keep[tg[node.input[0]]], keep[tg[node.output[0]]]
         if node.op_type == "Conv":
-            g = int(_attr(node, "group", 1))
-            if g > 1:  # depthwise: groups follow the channels
+            if int(_attr(node, "group", 1)) > 1:  # depthwise: groups follow the channels
                 for a in node.attribute:
                     if a.name == "group":
                         a.i = cin
-                w = w[:cout]
+                out[1] = w[:cout]
             else:
-                w = w[:cout, :cin]
+                out[1] = w[:cout, :cin]
         else:
-            w = w[:cout, :cin] if int(_attr(node, "transB", 0)) else w[:cin, :cout]
-        _replace(by_name, node.input[1], w)
-        if len(node.input) > 2 and node.input[2] in by_name:
-            _replace(by_name, node.input[2], numpy_helper.to_array(by_name[node.input[2]])[:cout])
+            out[1] = w[:cout, :cin] if int(_attr(node, "transB", 0)) else w[:cin, :cout]
+        if len(node.input) > 2 and node.input[2] in arrays:
+            out[2] = arrays[node.input[2]][:cout]
     elif node.op_type in PER_CHANNEL_INPUTS and node.input[0] in tg:
         c = keep[tg[node.input[0]]]
         for i in PER_CHANNEL_INPUTS[node.op_type]:
-            if i < len(node.input) and node.input[i] in by_name:
-                _replace(by_name, node.input[i], numpy_helper.to_array(by_name[node.input[i]])[:c])
-    elif node.op_type == "Reshape" and node.input[0] in tg and node.input[1] in by_name:
-        shape = numpy_helper.to_array(by_name[node.input[1]]).copy()
+            if i < len(node.input) and node.input[i] in arrays:
+                out[i] = arrays[node.input[i]][:c]
+    elif node.op_type == "Reshape" and node.input[0] in tg and node.input[1] in arrays:
+        shape = arrays[node.input[1]].copy()
         g = tg[node.input[0]]
         if shape.ndim == 1 and len(shape) >= 2 and shape[1] == dense.group_size[g]:
             shape[1] = keep[g]
-            _replace(by_name, node.input[1], shape)
+            out[1] = shape
+    return out
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove Identity nodes and initializers nothing reads any more."""
+    while True:
+        used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type == "Identity" and n.output[0] not in used]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {x for n in model.graph.node for x in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
 
 
 def layer_widths(model: onnx.ModelProto) -> Dict[str, Tuple[int, int]]:

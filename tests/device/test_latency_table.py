@@ -202,8 +202,11 @@ def test_profile_csv_shows_predicted_next_to_measured(run_dir: Path, fast_profil
         rows = list(csv.DictReader(f))
     b1 = [r for r in rows if r["batch_size"] == "1"]
     assert {r["name"] for r in b1} == {"dense", "legr_0.80", "legr_0.50"}
-    pred = {r["name"]: float(r["predicted_ms"]) for r in b1}
-    assert pred["dense"] > pred["legr_0.80"] > pred["legr_0.50"] > 0  # narrower nets predicted faster
+    table = LatencyTable.load(run_dir / "latency_table_fast.json")
+    for r in b1:  # each member's own widths, read from its ONNX, through the table
+        widths = lg.layer_widths(onnx.load(str(run_dir / "onnx" / f"{r['name']}.onnx")))
+        assert float(r["predicted_ms"]) == pytest.approx(table.predict(widths), rel=1e-6)
+    assert lg.layer_widths(onnx.load(str(run_dir / "onnx" / "legr_0.50.onnx")))["w2"] == (16, 16)
     for r in b1:
         ratio = float(r["latency_ms_median"]) / float(r["predicted_ms"])
         assert float(r["measured_over_predicted"]) == pytest.approx(ratio)
