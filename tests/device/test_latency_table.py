@@ -260,3 +260,18 @@ def test_tensorrt_table_where_tensorrt_is_installed(run_dir: Path, tmp_path: Pat
                     'warmup_s = 0.0\nmin_iters = 3\nmin_seconds = 0.0\nround_to = 8\n')
     assert latency_table.main([str(run_dir), "--profile", str(prof), *FAST_TABLE]) == 0
     assert LatencyTable.load(run_dir / "latency_table_trt.json").precision == "fp16"
+
+
+def test_pruned_graph_with_shared_bias_behind_identity(run_dir: Path) -> None:
+    """TorchScript exports share equal initializers through Identity nodes; each conv is sliced alone."""
+    model = onnx.load(str(run_dir / "onnx" / "dense.onnx"))
+    conv2 = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] == "w2")
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", ["b1"], ["b1_shared"]))
+    conv2.input[2] = "b1_shared"  # w1 and w2 now read the same 32-element bias
+    dense = lg.analyse(model)
+    a, b = dense.prunable_groups
+    pruned = lg.pruned(dense, {a: 8, b: 24})
+    onnx.checker.check_model(pruned)
+    assert _ort(pruned, np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 10)
+    assert lg.layer_widths(pruned) == {"w1": (3, 8), "w2": (8, 24), "wf": (24, 10)}
+    assert not any(n.op_type == "Identity" for n in pruned.graph.node)  # the dead Identity is dropped
