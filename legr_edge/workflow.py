@@ -102,6 +102,9 @@ def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
     except json.JSONDecodeError as e:
         raise LegrError(f"{saved}: corrupt ({e})") from e
     new = json.loads(json.dumps(cfg.to_dict()))
+    # a key added after the run was made (e.g. cost) counts as its default
+    defaults = json.loads(json.dumps(SearchConfig().to_dict()))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     diff = sorted(k for k in new if k not in RESUME_MAY_DIFFER and old.get(k) != new[k])
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)

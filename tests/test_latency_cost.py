@@ -203,3 +203,17 @@ def test_latency_cost_needs_a_table() -> None:
         resolve({"cost": "latency"})
     with pytest.raises(LegrError, match="--targets-ms needs --cost latency"):
         resolve({"targets_ms": (1.0,)})
+
+
+def test_runs_made_before_the_latency_fields_still_resume(tmp_path: Path) -> None:
+    from legr_edge.config import SearchConfig
+    from legr_edge.workflow import _check_same_run
+
+    old = SearchConfig().to_dict()
+    for k in ("cost", "latency_table", "targets_ms", "staircase"):
+        old.pop(k)
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(old))
+    _check_same_run(saved, SearchConfig())  # missing keys count as their defaults
+    with pytest.raises(LegrError, match="cost: 'macs' -> 'latency'"):
+        _check_same_run(saved, SearchConfig(cost="latency", latency_table="t.json"))
