@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", help="comma-separated fractions (default 0.8,0.6,0.5,0.4,0.3)")
     p.add_argument("--threads-list", help="ONNX Runtime intra-op threads, comma-separated (default 1,0; quick 1)")
     p.add_argument("--profile", default="cpu-ort")
-    p.add_argument("--train-epochs", help="dense training epochs on digits per model, e.g. resnet20=12,resnet56=6 "
+    p.add_argument("--train-epochs", help="dense training epochs on digits per model, e.g. resnet20=12,resnet56=12 "
                                           "(default those; quick 0 = random init, no accuracy)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tune epochs per member (default 1; quick 0)")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds of the members (default 9; quick 3)")
@@ -124,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.models = (args.models or ("resnet20" if q else "resnet20,resnet56")).split(",")
     args.targets = tuple(float(t) for t in (args.targets or ("0.8,0.5,0.3" if q else ",".join(map(str, TARGETS)))).split(","))
     args.threads_list = [int(t) for t in (args.threads_list or ("1" if q else "1,0")).split(",")]
-    epochs = args.train_epochs or ("resnet20=0,resnet56=0" if q else "resnet20=12,resnet56=6")
+    epochs = args.train_epochs or ("resnet20=0,resnet56=0" if q else "resnet20=12,resnet56=12")
     args.train_epochs = {k: int(v) for k, v in (kv.split("=") for kv in epochs.split(","))}
     defaults = dict(finetune_epochs=(0, 1), rounds=(3, 9), min_seconds=(0.1, 0.3), table_rounds=(1, 3),
                     table_layer_seconds=(0.004, 0.02), table_max_widths=(4, 8), table_configs=(4, 8))
@@ -143,10 +143,12 @@ def trained_dense(network: str, epochs: int, data, work: Path) -> torch.nn.Modul
     model = create_model(network, info.num_classes, info.in_chans)
     if epochs <= 0:
         return model.eval()
-    cache = work / network / f"dense_e{epochs}"
+    # deeper nets need more, smaller steps on the 1.3k digits training images
+    lr, batch = (0.1, 64) if network == "resnet20" else (0.05, 32)
+    cache = work / network / f"dense_e{epochs}_lr{lr:g}_b{batch}"
     if (cache / "metrics.json").is_file():
         return arch.load_model(cache).eval()
-    settings = SGDSettings(lr=0.1, nesterov=True, batch_size=64)
+    settings = SGDSettings(lr=lr, nesterov=True, batch_size=batch)
     model, val = fit(model, data.train, data.val, info, epochs, settings, torch.device("cpu"), 0,
                      f"pretrain {network}")
     arch.save_model(model, cache, {"model": network, "num_classes": info.num_classes,
