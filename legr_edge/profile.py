@@ -66,7 +66,8 @@ CSV_COLUMNS = (
     "deployed_top1", "top1_drop", "batch_size",
     "latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90",
     "latency_ms_p95", "latency_ms_p99", "latency_ms_std", "latency_cv", "n_iters",
-    "throughput_ips", "speedup", "predicted_ms", "measured_over_predicted", "backend", "precision", "providers", "timing_source",
+    "throughput_ips", "speedup", "predicted_ms", "measured_over_predicted",  # from a latency table
+    "backend", "precision", "providers", "timing_source",
     "profile", "profile_sha256", "device", "host", "onnx_file", "onnx_sha256", "model_dir",
     "engine_path", "measured_at", "status", "error", "warnings",
 )
