@@ -113,7 +113,9 @@ def staircase_widen(pruner: Pruner, scores: np.ndarray, mask: np.ndarray,
     group = pruner.coupling.group_of_channel
     ranks = within_group_ranks(scores, group)
     protected = pruner.protected(scores)
-    counts = np.bincount(group, weights=mask.astype(np.float64), minlength=len(pruner.coupling.groups)).astype(np.int64)
+    # each group's count: the rank of its best channel not kept (protected extras stay kept anyway)
+    counts = np.array([g.size for g in pruner.coupling.groups], dtype=np.int64)
+    np.minimum.at(counts, group[~mask], ranks[~mask])
     limit = cost.latency(mask) + tol
     changed = True
     while changed:
