@@ -154,6 +154,9 @@ def build_table(run: Path, profile: Profile, settings: Settings, dense_onnx: Opt
     batch = settings.batch_size or profile.batch_sizes[0]
     if settings.round_to < 1 or batch < 1:
         raise LegrError(f"--round-to and --batch-size must be >= 1, got {settings.round_to}, {batch}")
+    if profile.backend == "torch":
+        raise LegrError(f"profile {profile.name!r} uses the torch backend; a latency table times ONNX "
+                        "graphs: use an onnxruntime or tensorrt profile")
     backend_cls = get_backend(profile.backend)
     backend_cls.check_available(profile)
     cache = run / "engines" / profile.name / "latency"
@@ -308,11 +311,17 @@ def _time_point(backend_cls, profile: Profile, batch: int, p: Point,
                 timing: Tuple[float, int, float]) -> Dict[str, Any]:
     """Build (cached where the backend caches), time one round, free. Backend life cycle only."""
     backend: Backend = backend_cls(p.spec, profile)
-    with backend:
-        backend.prepare(batch)
-        m = measure(backend.step, batch_size=batch, warmup_s=timing[0], min_iters=timing[1],
-                    min_seconds=timing[2], label=p.spec.name)
-        info = backend.info()
+    try:
+        with backend:
+            backend.prepare(batch)
+            m = measure(backend.step, batch_size=batch, warmup_s=timing[0], min_iters=timing[1],
+                        min_seconds=timing[2], label=p.spec.name)
+            info = backend.info()
+    except LegrError:
+        raise
+    except Exception as e:  # a table with a hole is no table: stop with the graph that failed
+        raise LegrError(f"{p.spec.name} ({p.spec.onnx_path}): {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     p.samples.extend(m.samples_ms)
     p.round_medians.append(m.stats.median)
     return info

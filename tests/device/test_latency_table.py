@@ -275,3 +275,25 @@ def test_pruned_graph_with_shared_bias_behind_identity(run_dir: Path) -> None:
     assert _ort(pruned, np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 10)
     assert lg.layer_widths(pruned) == {"w1": (3, 8), "w2": (8, 24), "wf": (24, 10)}
     assert not any(n.op_type == "Identity" for n in pruned.graph.node)  # the dead Identity is dropped
+
+
+class FailingBackend(RecordingBackend):
+    def activate_impl(self) -> None:
+        raise RuntimeError("engine build failed\nlong builder log")
+
+
+def test_a_failing_graph_stops_with_one_line(run_dir: Path, fast_profile: Path,
+                                             monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr(latency_table, "get_backend", lambda name: FailingBackend)
+    assert latency_table.main([str(run_dir), "--profile", str(fast_profile), *FAST_TABLE]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "RuntimeError: engine build failed" in errors[0]
+    assert "long builder log" not in errors[0]
+    assert not (run_dir / "latency_table_fast.json").exists()
+
+
+def test_torch_profile_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    prof = tmp_path / "t.toml"
+    prof.write_text('backend = "torch"\nprecision = "fp32"\n')
+    with pytest.raises(LegrError, match="torch backend"):
+        latency_table.build_table(run_dir, load_profile(str(prof)), latency_table.Settings(round_to=8))
