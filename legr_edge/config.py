@@ -60,6 +60,11 @@ class SearchConfig:
     finetune_lr: float = 0.01
     export: bool = True
     opset: int | None = None
+    # latency as the cost (issue 8): targets are fractions of the table's dense prediction
+    cost: str = "macs"                   # macs | latency
+    latency_table: str | None = None     # RUN/latency_table_<profile>.json from the device
+    targets_ms: tuple[float, ...] = ()   # absolute latency targets; converted into ``targets``
+    staircase: bool = True               # latency cost: keep a wider width the device gives for free
 
     def __post_init__(self):
         for t in self.targets:
@@ -92,6 +97,7 @@ class SearchConfig:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sample > self.population:
             raise LegrError(f"--sample ({self.sample}) must not exceed --population ({self.population})")
+        _check_latency(self)
         for name in ("pretrain_epochs", "tau", "finetune_epochs", "recal_batches", "fitness_val_limit",
                      "finalists", "final_rounds"):
             if getattr(self, name) < 0:
@@ -164,7 +170,35 @@ def resolve(explicit: dict[str, Any]) -> SearchConfig:
         from legr_edge.device.profiles import load_profile
         values["round_to"] = load_profile(values.get("profile", SearchConfig.profile)).round_to
     values.update(explicit)
+    if values.get("targets_ms"):
+        values["targets"] = _fractions_of_dense(values)
     return SearchConfig(**values)
+
+
+def _check_latency(cfg: SearchConfig) -> None:
+    if cfg.cost not in ("macs", "latency"):
+        raise LegrError(f"--cost must be 'macs' or 'latency', got {cfg.cost!r}")
+    if cfg.cost == "latency" and not cfg.latency_table:
+        raise LegrError("--cost latency needs --latency-table FILE (python -m legr_edge.latency_table RUN "
+                        "builds it on the device)")
+    if cfg.targets_ms and cfg.cost != "latency":
+        raise LegrError("--targets-ms needs --cost latency")
+    if any(not (isinstance(t, (int, float)) and t > 0) for t in cfg.targets_ms):
+        raise LegrError(f"--targets-ms must be positive milliseconds, got {list(cfg.targets_ms)}")
+
+
+def _fractions_of_dense(values: dict[str, Any]) -> tuple[float, ...]:
+    """--targets-ms as fractions of the table's predicted dense latency (what the Pruner meets)."""
+    from legr_edge.latency.table import LatencyTable
+
+    if values.get("cost") != "latency" or not values.get("latency_table"):
+        raise LegrError("--targets-ms needs --cost latency and --latency-table FILE")
+    dense = LatencyTable.load(values["latency_table"]).dense_ms()
+    too_slow = [t for t in values["targets_ms"] if t >= dense]
+    if too_slow:
+        raise LegrError(f"--targets-ms {too_slow}: not below the dense network's predicted {dense:.4f} ms "
+                        f"({values['latency_table']})")
+    return tuple(t / dense for t in values["targets_ms"])
 
 
 def _check_fraction(value: float, name: str) -> None:

@@ -70,7 +70,8 @@ CSV_COLUMNS = (
     "deployed_top1", "top1_drop", "batch_size",
     "latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90",
     "latency_ms_p95", "latency_ms_p99", "latency_ms_std", "latency_cv", "n_iters",
-    "throughput_ips", "speedup", "backend", "precision", "providers", "timing_source",
+    "throughput_ips", "speedup", "predicted_ms", "measured_over_predicted",  # from a latency table
+    "backend", "precision", "providers", "timing_source",
     "profile", "profile_sha256", "device", "host", "onnx_file", "onnx_sha256", "model_dir",
     "engine_path", "measured_at", "status", "error", "warnings",
 )
@@ -182,6 +183,8 @@ class _Context:
         self.csv_path = run / f"latency_{profile.name}.csv"
         self.cache_dir = run / "engines" / profile.name
         self.unavailable: str | None = None  # why the backend cannot run here, if it cannot
+        from legr_edge.latency.table import predict_models  # RUN/latency_table_<profile>.json, if any
+        self.predicted = predict_models(run, profile.name, models)
 
 
 def _select(models: list[ModelRow], only: list[str] | None, run: Path) -> list[ModelRow]:
@@ -361,8 +364,16 @@ def csv_rows(ctx: _Context, records: dict[str, dict[str, Any]]) -> list[dict[str
                          "latency_ms_p99": s["p99"], "latency_ms_std": s["std"],
                          "latency_cv": s["cv"], "n_iters": s["n"],
                          "throughput_ips": s["throughput_ips"], "timing_source": b["source"],
-                         "speedup": ref / s["median"] if ref and s["median"] > 0 else None})
+                         "speedup": ref / s["median"] if ref and s["median"] > 0 else None,
+                         **_prediction(ctx, m.name, b["batch_size"], s["median"])})
     return rows
+
+
+def _prediction(ctx: _Context, name: str, batch: int, median: float) -> dict[str, Any]:
+    pred = ctx.predicted.get(name)
+    if pred is None or pred[0] != batch:
+        return {}
+    return {"predicted_ms": pred[1], "measured_over_predicted": median / pred[1] if pred[1] > 0 else None}
 
 
 def _dense_medians(models: list[ModelRow], records: dict[str, dict[str, Any]]) -> dict[int, float]:

@@ -9,7 +9,8 @@ from legr_edge import io
 
 log = logging.getLogger(__name__)
 
-FLOPS_COLUMNS = ("name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path")
+FLOPS_COLUMNS = ("name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path",
+                 "target_ms", "predicted_ms", "staircase_channels")  # latency columns: empty without a table
 SEARCH_LOG_COLUMNS = ("index", "fitness", "val_top1", "val_loss", "macs", "macs_ratio", "seconds")
 
 

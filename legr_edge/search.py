@@ -14,6 +14,9 @@ Examples (from the repository root):
     # your own CNN: a factory function returning an nn.Module, plus its state_dict
     python -m legr_edge.search --model mypkg.nets:make_net --checkpoint net.pt --dataset imagefolder \\
         --data-dir ~/data/flowers
+    # latency targets: fractions of the dense network's latency predicted by the device's table
+    python -m legr_edge.search --out runs/r20-lat --checkpoint runs/resnet20-digits/models/dense/weights.pt \
+        --cost latency --latency-table runs/resnet20-digits/latency_table_cpu-ort.json --targets 0.7,0.5
     # continue an interrupted run
     python -m legr_edge.search --out runs/resnet20-shapes --resume
 
@@ -83,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "its round_to and opset are used unless given")
     g.add_argument("--min-fraction", type=float, help="per-layer floor as a share of its channels (0.1)")
     g.add_argument("--min-channels", type=int, help="per-layer floor in channels (2)")
+    g.add_argument("--cost", help="macs (default) or latency: what --targets are fractions of; latency "
+                                  "needs --latency-table")
+    g.add_argument("--latency-table", help="RUN/latency_table_<profile>.json built on the device by "
+                                           "python -m legr_edge.latency_table; with --cost macs it only "
+                                           "adds predicted latency to flops_table.csv")
+    g.add_argument("--targets-ms", type=_floats, help="absolute latency targets in ms (with --cost latency), "
+                                                      "instead of --targets")
+    g.add_argument("--no-staircase", dest="staircase", action="store_false",
+                   help="latency cost: do not widen groups where the table says a wider width costs the same")
     g.add_argument("--ignore-layers", type=_names, help="comma-separated module names never pruned")
     g = p.add_argument_group("family and export")
     g.add_argument("--finetune-epochs", type=int, help="fine-tune epochs of every family member")

@@ -54,6 +54,7 @@ class Context:
     dense: nn.Module
     scores: LayerScores
     pruner: Pruner
+    latency: Any = None       # LatencyCostModel when a --latency-table is given
     evaluators: dict[int, FitnessEvaluator] = dataclasses.field(default_factory=dict)
 
     @property
@@ -81,6 +82,8 @@ def run_search(cfg: SearchConfig, resume: bool) -> Path:
              cfg.model, dense_row["macs"] / 1e6, dense_row["params"], dense_row["val_top1"],
              dense_row["test_top1"], len(ctx.pruner.coupling.groups), len(ctx.scores.layer_names))
     alpha, kappa = search_ranking(ctx)
+    if ctx.latency is not None:
+        dense_row = {**dense_row, "predicted_ms": ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)}
     rows = [dense_row] + build_family(ctx, alpha, kappa)
     report.write_flops_table(run, rows)
     report.plot_tradeoff(run, rows, f"{cfg.model} on {cfg.dataset}: LeGR family")
@@ -113,6 +116,9 @@ def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
     except json.JSONDecodeError as e:
         raise LegrError(f"{saved}: corrupt ({e})") from e
     new = json.loads(json.dumps(cfg.to_dict()))
+    # a key added after the run was made (e.g. cost) counts as its default
+    defaults = json.loads(json.dumps(SearchConfig().to_dict()))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     diff = sorted(k for k in new if k not in RESUME_MAY_DIFFER and old.get(k) != new[k])
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
@@ -178,7 +184,7 @@ def _check_input(model: nn.Module, info) -> None:
 
 
 def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: float,
-                   dense_macs: int | None) -> dict[str, Any]:
+                   dense_macs: int | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate on test (once, for the report), save weights + arch + metrics."""
     info = data.info
     device = next(model.parameters()).device
@@ -186,7 +192,7 @@ def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: f
     macs = count_macs(model, example_input(info, device))
     row = {"name": name, "target": target, "macs": macs,
            "macs_ratio": macs / (dense_macs or macs), "params": count_params(model),
-           "val_top1": val, "test_top1": test, "path": f"models/{name}"}
+           "val_top1": val, "test_top1": test, "path": f"models/{name}", **(extra or {})}
     arch.save_model(model, out, model_meta(cfg, info, name=name, target=target, macs=macs))
     io.write_json(out / "metrics.json", row)
     return row
@@ -196,9 +202,15 @@ def make_context(cfg, run, device, data, dense) -> Context:
     example = example_input(data.info, device)
     coupling = build_coupling(dense, example, cfg.ignore_layers)
     cost = build_cost_model(dense, example, coupling)
-    pruner = Pruner(coupling, cost, cfg.round_to, cfg.min_fraction, cfg.min_channels)
+    latency = None
+    if cfg.latency_table:
+        from legr_edge.device.profiles import load_profile
+        from legr_edge.prune.latency_cost import build_latency_cost, load_table
+        latency = build_latency_cost(cost, load_table(cfg.latency_table, load_profile(cfg.profile), cfg.model))
+    pruner = Pruner(coupling, latency if cfg.cost == "latency" else cost, cfg.round_to, cfg.min_fraction,
+                    cfg.min_channels)
     scores = base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce)
-    return Context(cfg, run, device, data, dense, scores, pruner)
+    return Context(cfg, run, device, data, dense, scores, pruner, latency)
 
 
 def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -332,20 +344,62 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
     scores = ctx.scores.transformed(alpha, kappa)
     for target in tqdm(sorted(set(cfg.targets), reverse=True), desc="family", unit="model", leave=False,
                        disable=None):
-        name = f"legr_{target:.2f}"
+        name = member_name(cfg, target)
         out = ctx.run / "models" / name
         if (out / "metrics.json").exists():
             rows.append(json.loads((out / "metrics.json").read_text()))
             log.info("%s: already fine-tuned, reusing", name)
             continue
         mask, _ = ctx.pruner.prune_to(scores, target)
+        mask, extra = _latency_extras(ctx, name, target, scores, mask)
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
         torch.manual_seed(cfg.seed + 1)  # dropout and anything else on the global generator
         net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
                        ctx.device, cfg.seed + 1, f"finetune {name}")
-        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, ctx.pruner.dense_macs))
+        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, _dense_mac_count(ctx), extra))
         r = rows[-1]
         log.info("%s: %.2f MMACs (%.3f of dense), val top-1 %.2f, test top-1 %.2f",
                  name, r["macs"] / 1e6, r["macs_ratio"], r["val_top1"], r["test_top1"])
     return rows
+
+
+def member_name(cfg: SearchConfig, target: float) -> str:
+    """legr_0.50 (MAC fraction), lat_0.50 (fraction of dense latency) or lat_1.2ms (--targets-ms)."""
+    if cfg.cost != "latency":
+        return f"legr_{target:.2f}"
+    if cfg.targets_ms:
+        ms = dict(zip(cfg.targets, cfg.targets_ms)).get(target)
+        if ms is not None:
+            return f"lat_{ms:g}ms"
+    return f"lat_{target:.2f}"
+
+
+def _dense_mac_count(ctx: Context) -> int:
+    cost = ctx.pruner.cost
+    return int(getattr(cost, "base", cost).dense_macs(ctx.pruner.coupling.num_channels))
+
+
+def _latency_extras(ctx: Context, name: str, target: float, scores: np.ndarray,
+                    mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Latency cost: widen on the table's staircase, report an unreachable target; any table:
+    the member's predicted latency for flops_table.csv."""
+    if ctx.latency is None:
+        return mask, {}
+    from legr_edge.prune.latency_cost import staircase_widen, target_note
+
+    dense = ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)
+    extra: dict[str, Any] = {}
+    if ctx.cfg.cost == "latency":
+        note = target_note(name, target, ctx.latency.latency(mask), dense)
+        if note:
+            log.warning("%s", note)
+        before = ctx.latency.latency(mask)
+        if ctx.cfg.staircase:
+            mask, given = staircase_widen(ctx.pruner, scores, mask)
+            extra["staircase_channels"] = given
+            log.info("%s: staircase gives back %d channels (predicted %.4f -> %.4f ms)", name, given,
+                     before, ctx.latency.latency(mask))
+        extra["target_ms"] = target * dense
+    extra["predicted_ms"] = ctx.latency.latency(mask)
+    return mask, extra

@@ -64,3 +64,21 @@ def test_paired_confidence_interval():
             for seed, v in enumerate(vals)]
     [tuned, _] = paired(rows, ["legr", "uniform", "l2"])
     assert tuned["versus"] == "uniform" and tuned["diff_mean"] == pytest.approx(4 / 3) and tuned["n"] == 3
+
+
+def test_latency_targets_quick_mode_end_to_end(tmp_path, monkeypatch):
+    """The --quick benchmark, shrunk further (one target, a 2-width table, one round)."""
+    from benchmarks import latency_targets
+
+    sections = []
+    monkeypatch.setattr(common, "update_results_md", lambda meta, body: sections.append(body))
+    args = ["--quick", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), "--targets", "0.5",
+            "--rounds", "1", "--min-seconds", "0.01", "--table-max-widths", "2", "--table-configs", "2",
+            "--table-layer-seconds", "0.001"]
+    assert latency_targets.main(args) == 0
+    rows = common.io.read_csv(tmp_path / "out" / "results.csv")
+    assert [r["name"] for r in rows] == ["dense", "legr_0.50", "lat_0.50"]
+    lat = rows[2]
+    assert float(lat["target_ms"]) > 0 and float(lat["measured_ms"]) > 0
+    assert float(lat["predicted_ms"]) <= float(lat["target_ms"]) * 1.01
+    assert "held-out median err" in sections[0] and (tmp_path / "out" / "latency_targets.png").is_file()
