@@ -234,19 +234,20 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         state = EvolutionState.fresh(settings, ctx.scores.sigma, list(seeds.values()))
     if state.settings != settings:
         raise LegrError(f"{state_path} was made with other search settings; delete it or match them")
-    rows = [_log_row(c, ctx.pruner.dense_macs) for c in state.history]
+    dense_macs = _dense_mac_count(ctx)  # the log reports MACs also when the search's cost is latency
+    rows = [_log_row(c, dense_macs) for c in state.history]
     if rows:
         log.info("ranking: resuming the search after %d of %d candidates", len(rows), cfg.candidates)
     bar = tqdm(total=cfg.candidates, initial=len(rows), desc="search", unit="cand", leave=False, disable=None)
 
     def record(cand) -> None:
-        rows.append(_log_row(cand, ctx.pruner.dense_macs))
+        rows.append(_log_row(cand, dense_macs))
         io.write_csv(run / "search_log.csv", rows, report.SEARCH_LOG_COLUMNS)
         bar.update(1)
         best = state.best()
         log.info("candidate %d/%d: fitness %.4f, val top-1 %.2f, %.2f MMACs (%.3f), %.1fs; best %.4f (#%d)",
                  cand.index + 1, cfg.candidates, cand.fitness, cand.info["val_top1"],
-                 cand.info["macs"] / 1e6, cand.info["macs"] / ctx.pruner.dense_macs,
+                 cand.info["macs"] / 1e6, cand.info["macs"] / dense_macs,
                  cand.info["seconds"], best.fitness, best.index)
 
     evolve(lambda k, a, kp: candidate_fitness(ctx, k, a, kp), state, state_path, record)
@@ -278,11 +279,11 @@ def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray
     scores = ctx.scores.transformed(alpha, kappa)
     values, infos = [], []
     for target in ctx.cfg.effective_fitness_targets:
-        mask, macs = ctx.pruner.prune_to(scores, target)
+        mask, _ = ctx.pruner.prune_to(scores, target)
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         value, info = ctx.evaluator(round)(net, k)
         values.append(value)
-        infos.append(dict(info, macs=macs))
+        infos.append(dict(info, macs=getattr(ctx.pruner.cost, "base", ctx.pruner.cost).macs(mask)))
     first = infos[0]  # the search target (or the first fitness target)
     return float(np.mean(values)), {"val_top1": first["val_top1"], "val_loss": first["val_loss"],
                                     "macs": first["macs"], "seconds": time.perf_counter() - start}
@@ -326,7 +327,7 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
         "layers": [{"name": n, "alpha": a, "kappa": k}
                    for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
         "settings": _ranking_settings(cfg),
-        "dense_macs": ctx.pruner.dense_macs,
+        "dense_macs": _dense_mac_count(ctx), "cost": ctx.cfg.cost,
     })
 
 

@@ -195,6 +195,12 @@ def test_search_with_latency_targets_in_ms(tiny_table, tmp_path: Path) -> None:
     noise = LatencyTable.load(path).noise_ms * LatencyTable.load(path).scale
     assert float(member["predicted_ms"]) <= want + noise + 1e-9
     assert member["staircase_channels"] != ""
+    # the search log speaks of MACs, also when the search's cost is latency
+    with open(out / "search_log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    dense_macs = int(rows["dense"]["macs"])
+    assert all(0.05 < float(r["macs_ratio"]) < 1 and int(r["macs"]) < dense_macs for r in log)
+    assert float(log[0]["macs_ratio"]) == pytest.approx(int(log[0]["macs"]) / dense_macs)
 
 
 def test_latency_cost_needs_a_table() -> None:
