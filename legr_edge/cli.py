@@ -23,13 +23,40 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
+EXIT_STATUS = """exit status:
+  0    success
+  1    bad input or a failed run: one line on stderr names the file, key or value
+  2    usage error (unknown option, malformed value of a typed option), from argparse
+  130  interrupted (Ctrl-C); finished results stay on disk"""
+
+
 def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; a LegrError becomes one error line and exit code 1."""
+    """Run a command body; a LegrError becomes one error line and exit code 1.
+
+    OS errors (read-only folder, disk full, a file where a folder should be) become one
+    line too; anything else is a bug or an input check we missed: one line naming it,
+    the traceback only with -v. SystemExit from user code (a model factory) never
+    passes for success.
+    """
     try:
         return body()
     except LegrError as e:
-        log.error("%s", e)
+        log.error("%s", _one_line(str(e)))
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; finished results are on disk (re-run with --resume where offered)")
         return 130
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        log.error("%s%s", where, _one_line(e.strerror or str(e)))
+        log.debug("traceback", exc_info=True)
+        return 1
+    except (Exception, SystemExit) as e:  # noqa: BLE001 -- the last line of defence
+        log.error("unexpected %s: %s (a bad input legr_edge does not check yet, or a bug; "
+                  "-v shows the traceback)", type(e).__name__, _one_line(str(e)))
+        log.debug("traceback", exc_info=True)
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:2000]
