@@ -25,13 +25,13 @@ import argparse
 import logging
 from typing import Any
 
-from legr_edge.cli import run_cli, setup_logging
+from legr_edge.cli import EXIT_STATUS, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m legr_edge.search", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m legr_edge.search", description=__doc__, epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     g = p.add_argument_group("model and data")
