@@ -19,7 +19,11 @@ def _drop_cwd_from_path() -> None:
     tensorrt.py). Take it off; a user factory named on the command line is still looked
     up there (legr_edge.models.registry keeps the path in _REMOVED_CWD)."""
     global _REMOVED_CWD
-    if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
+    try:
+        cwd = _os.getcwd()
+    except OSError:  # the current directory was deleted
+        cwd = ""
+    if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", cwd):
         _REMOVED_CWD = _os.path.abspath(_sys.path.pop(0) or _os.curdir)
         if _REMOVED_CWD in _sys.path:  # also named explicitly (PYTHONPATH): the user wants it
             _REMOVED_CWD = None

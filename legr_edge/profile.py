@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="interleaved timing rounds (default %(default)s): every model is timed in each "
                         "round, round-robin, for min_seconds/rounds, and the samples are pooled, so "
                         "machine drift hits all models alike; 1 = one model after another")
+    p.add_argument("--trust-run-code", action="store_true",
+                   help="torch backend only: let a user model factory named in the run's arch.json be "
+                        "imported and run (never needed for registered models or ONNX backends)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT builder log too)")
     args = p.parse_args(argv)
     if args.rounds < 1:
@@ -83,8 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    return run_cli(lambda: profile_run(args.run, args.profile, force=args.force,
-                                       only=_split(args.models), rounds=args.rounds))
+    def body() -> int:
+        from legr_edge.models.registry import trust_scope  # torch-free
+        with trust_scope(trust_all=args.trust_run_code):
+            return profile_run(args.run, args.profile, force=args.force, only=_split(args.models),
+                               rounds=args.rounds)
+    return run_cli(body)
 
 
 def _split(models: str | None) -> list[str] | None:

@@ -5,10 +5,10 @@ between machines and people. What may be in it, and how each part is checked:
 
 RUN/config.json          the search configuration (JSON object; only read, never executed)
 RUN/flops_table.csv      one row per model: FLOPS_COLUMNS; names are plain names
-                         (NAME_RE), numbers finite, top-1 in [0, 100], paths inside RUN
+                         (NAME_RE), numbers finite, top-1 in [0, 100], path = models/<name>
 RUN/models/<name>/       arch.json (layer shapes as data) + weights.pt (plain state_dict)
 RUN/onnx/manifest.json   {"format": MANIFEST_FORMAT, "models": [{"name", "file", "sha256", ...}]};
-                         a file is a plain ``<name>.onnx`` in onnx/, and an entry without a
+                         a file is ``<name>.onnx`` in onnx/ (its own name), and an entry without a
                          sha256 is not trusted
 RUN/data/eval.npz        images uint8 N,H,W,C; labels int N (>= 0); mean/std float per
                          channel, finite, std > 0; read with allow_pickle=False
@@ -233,6 +233,8 @@ def read_flops_table(run: Path) -> List[Dict[str, str]]:
             number(r.get(col), f"{where} column {col}", low, high)
         if r.get("path"):
             resolve_inside(run, r["path"], f"{where} column path")
+            if Path(r["path"]).as_posix().rstrip("/") != f"models/{name}":  # no model posing as another
+                raise LegrError(f"{where} column path: {r['path']!r}, expected 'models/{name}'")
     return rows
 
 
@@ -254,6 +256,8 @@ def manifest_entry_problem(entry: Dict[str, Any]) -> Optional[str]:
     file = entry.get("file", f"{entry['name']}.onnx")
     if not isinstance(file, str) or not NAME_RE.match(file) or not file.endswith(".onnx"):
         return f"file {file!r} is not a plain <name>.onnx in onnx/"
+    if file != f"{entry['name']}.onnx":  # no model measured and reported as another
+        return f"file {file!r} is not {entry['name']}.onnx"
     digest = entry.get("sha256")
     if not isinstance(digest, str) or not SHA256_RE.match(digest):
         return (f"no valid sha256 for {file} ({digest!r}); an unverified file is not trusted "
@@ -340,9 +344,10 @@ def load_eval(run: Path) -> EvalData:
         raise LegrError(f"{path}: missing; the deployed-accuracy check needs it "
                         "(legr_edge.export writes it next to the ONNX files)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise LegrError(f"{path}: a single array, not an .npz archive of {', '.join(EVAL_ARRAYS)}")
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise LegrError(f"{path}: a single array, not an .npz archive of {', '.join(EVAL_ARRAYS)}")
+        with z:
             missing = [k for k in EVAL_ARRAYS if k not in z.files]
             if missing:
                 raise LegrError(f"{path}: missing array(s) {', '.join(missing)} "
