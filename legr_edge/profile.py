@@ -25,7 +25,9 @@ Writes, next to the flops table (each file replaced atomically):
     RUN/engines/<profile>/      TensorRT engines and timing cache (reused when still valid)
 
 Models already measured with the same ONNX sha256, the same profile settings and on
-the same host are skipped unless --force. A model that fails (missing or corrupt
+the same host are skipped unless --force. A measurement counts only when all its
+rounds are done: a run interrupted between rounds leaves those models' rows as
+status=incomplete (pick ignores them), and the next run measures them again. A model that fails (missing or corrupt
 ONNX, build or run error) gets status=failed and the reason in `error`; the others
 go on and the exit code stays 0. Then choose one:
     python -m legr_edge.pick runs/cifar10_resnet56/latency_cpu-ort.csv --max-latency-ms 2

@@ -126,6 +126,9 @@ def check_model(cfg: SearchConfig, data) -> None:
 
 
 def write_run_config(run: Path, cfg: SearchConfig) -> None:
+    """config.json of a new run; a resumed run keeps its own (it matched, see _check_same_run)."""
+    if (run / "config.json").exists():
+        return
     run.mkdir(parents=True, exist_ok=True)
     io.write_json(run / "config.json", cfg.to_dict())
 

@@ -132,9 +132,12 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     factory = _registry_factory(name) if ":" not in name else _import_factory(name)
     kwargs = _factory_kwargs(factory, num_classes=num_classes, in_chans=in_chans)
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except (Exception, SystemExit) as e:  # a user's factory may fail in any way, sys.exit(0) too
         raise LegrError(f"model factory {name!r} failed: {type(e).__name__}: {e}") from None
+    if not callable(getattr(model, "named_modules", None)):
+        raise LegrError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _factory_kwargs(factory: Callable[..., Any], **values: Any) -> dict[str, Any]:

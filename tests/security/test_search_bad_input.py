@@ -165,9 +165,11 @@ def test_run_directory_factory_needs_trust(user_dir):
         create_model("marker_mod:build", source="run/models/dense/arch.json")
     assert not (user_dir / "ran").exists()
     with trust_scope(["marker_mod:build"]):
-        with pytest.raises(LegrError, match="failed"):  # imported now; build returns None -> its problem
-            create_model("marker_mod:build", source="run/models/dense/arch.json").eval()
-    assert (user_dir / "ran").exists()
+        with pytest.raises(LegrError, match="returned NoneType, not a torch.nn.Module"):
+            create_model("marker_mod:build", source="run/models/dense/arch.json")
+    assert (user_dir / "ran").exists()  # trusted: imported
+    with pytest.raises(LegrError, match="--trust-run-code"):  # the trust ended with the scope
+        create_model("marker_mod:build", source="run/models/dense/arch.json")
 
 
 def test_input_size_and_registry_normalisation_for_imagefolder(tmp_path):
