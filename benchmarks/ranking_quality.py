@@ -1,37 +1,45 @@
 """Ranking quality: LeGR against what users would do instead, at equal MACs.
 
-From ONE dense checkpoint per data set and with the SAME fine-tune budget, prune to
-each MAC target with five methods and compare test top-1 over several seeds:
+From ONE dense checkpoint per setting (data set + model) and with the SAME fine-tune
+budget, prune to each MAC target with every method and compare test top-1 over
+paired seeds:
 
-- ``legr``: the learned ranking (regularized evolution of per-layer alpha/kappa,
-  searched at the smallest target with its own evolution seed, used at every target);
-- ``l2``: global ranking by squared L2 filter norm (LeGR with identity alpha/kappa);
-- ``uniform``: the same kept fraction in every channel group (score = 1 - (within-group
-  L2 rank + 0.5) / group size, so the same ``Pruner.prune_to`` meets the MACs);
+- ``legr``: the product's learned ranking (``--scoring v2``: per-layer z-scored filter
+  norms, group mean, seeded and well-scaled evolution, BatchNorm-recalibrated loss
+  fitness, re-scored finalists), searched at the smallest target, used at every target;
+- ``legr_paper``: the published method (``--scoring paper``), same search budget;
+- ``l2``: global ranking by raw squared L2 filter norm, a group summing its members;
+- ``uniform``: the same kept fraction in every channel group (best filters by L2);
 - ``random``: a random global ranking (seeded per seed);
-- ``tp_magnitude``: Torch-Pruning's own ``MagnitudePruner(global_pruning=True,
-  MagnitudeImportance(p=2))``, its pruning ratio bisected until legr_edge's
-  ``count_macs`` is within 1% of the target.
+- ``tp_magnitude``: Torch-Pruning's ``MagnitudePruner(global_pruning=True,
+  MagnitudeImportance(p=2))``, its ratio bisected until legr_edge's ``count_macs`` is
+  at most the target and within 0.5% of it (never more MACs than the others get).
 
 Per seed ``s``: LeGR's evolution seed is ``s``, every method is fine-tuned with seed
-``s`` and ``random`` ranks with seed ``s``. The dense model, the LeGR rankings and
-each fine-tuned result are cached under ``--work-dir`` (keyed by their settings),
-so a rerun or an interrupted run reuses what is done.
+``s``, ``random`` ranks with seed ``s``, and every pruned network is first
+recalibrated on the same ``s``-seeded training batches: the column ``recal`` is test
+top-1 right there, BEFORE fine-tuning (the ranking's quality without fine-tuning
+hiding it). Differences are PAIRED per seed: LeGR minus the best other method (by
+mean), with a 95% confidence interval (Student's t over seeds).
+
+The ablation (at the search target) switches each change of the product's method off
+alone and reports its paired difference to ``legr``.
+
+Everything is cached under ``--work-dir`` (dense models, rankings, fine-tune results,
+keyed by their settings), so a rerun or an interrupted run reuses what is done.
 
 Commands (from the repository root):
 
-    # about a minute: digits subset, 1 seed, targets 0.5 and 0.3, tiny budgets
+    # under 2 minutes: digits subset, 1 seed, targets 0.5 and 0.3, tiny budgets
     python -m benchmarks.ranking_quality --quick
-    # the full benchmark: digits + shapes, 3 seeds, targets 0.7/0.5/0.3/0.2
-    # (about 30-40 minutes on 2 CPU cores, the first run trains the dense models)
+    # the full benchmark (see benchmarks/README.md for its budget and wall time)
     python -m benchmarks.ranking_quality
-    # one data set, more seeds
-    python -m benchmarks.ranking_quality --datasets shapes --seeds 0,1,2,3,4
+    # one setting, more seeds
+    python -m benchmarks.ranking_quality --settings shapes/resnet20 --seeds 0,1,2,3,4,5,6,7
 
 Writes ``--out`` (default benchmarks/results/ranking_quality/[quick/]): results.csv
-(one row per data set, method, target and seed), summary.csv (mean/std per method
-and target, LeGR minus the best other method), results.json, ranking_quality.png,
-and its section of benchmarks/RESULTS.md.
+(one row per setting, method, target and seed), summary.csv, paired.csv, ablation.csv,
+results.json, ranking_quality.png, and its section of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,25 +63,41 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from legr_edge import io  # noqa: E402
-from legr_edge.config import SearchConfig  # noqa: E402
+from legr_edge import io, workflow  # noqa: E402
+from legr_edge.config import SCORING, SearchConfig  # noqa: E402
 from legr_edge.data.base import SubsetSet  # noqa: E402
+from legr_edge.fitness import FitnessEvaluator, FitnessSettings  # noqa: E402
 from legr_edge.prune.coupling import execution_order  # noqa: E402
 from legr_edge.prune.cost import count_macs  # noqa: E402
-from legr_edge.prune.ranking import within_group_ranks  # noqa: E402
+from legr_edge.prune.scoring import base_scores, uniform_scores  # noqa: E402
 from legr_edge.prune.surgery import prune_model  # noqa: E402
 from legr_edge.train import SGDSettings, evaluate, fit  # noqa: E402
-from legr_edge import workflow  # noqa: E402
 
 log = logging.getLogger("benchmarks.ranking_quality")
 
 NAME = "ranking_quality"
-METHODS = ("legr", "l2", "uniform", "random", "tp_magnitude")
-CACHE_VERSION = 2  # bump when a method's code changes: cached fine-tune results are keyed by it
-COLUMNS = ("dataset", "method", "target", "seed", "macs", "macs_ratio", "pruned_val_top1",
+METHODS = ("legr", "legr_paper", "l2", "uniform", "random", "tp_magnitude")
+LEGR_VARIANTS: dict[str, dict[str, Any]] = {
+    "legr": {},
+    "legr_paper": dict(SCORING["paper"], scoring="paper"),
+    # the ablation: each change of the product's method switched off alone
+    "abl_no_norm": {"score_norm": "none"},
+    "abl_group_sum": {"group_reduce": "sum"},
+    "abl_no_seeds": {"seed_population": False},
+    "abl_paper_scales": {"init_scale": 1.0, "mutate_scale": 1.0},
+    "abl_no_recal": {"recal_batches": 0},
+    "abl_accuracy": {"fitness": "accuracy"},
+    "abl_no_final": {"finalists": 0},
+    # not an ablation: score candidates at the search target and 0.5 (--multi-target)
+    "legr_multi": {"fitness_targets": "SEARCH,0.5"},
+}
+ABLATIONS = tuple(k for k in LEGR_VARIANTS if k.startswith("abl_"))
+CACHE_VERSION = 3  # bump when a method's code changes: cached fine-tune results are keyed by it
+COLUMNS = ("setting", "method", "target", "seed", "macs", "macs_ratio", "recal_top1",
            "val_top1", "test_top1", "finetune_s")
-SUMMARY_COLUMNS = ("dataset", "target", "method", "n", "macs_ratio", "test_top1_mean", "test_top1_std",
-                   "pruned_val_top1_mean", "legr_minus_best_other", "best_other")
+SUMMARY_COLUMNS = ("setting", "target", "method", "n", "macs_ratio", "test_top1_mean", "test_top1_std",
+                   "recal_top1_mean", "recal_top1_std")
+PAIRED_COLUMNS = ("setting", "target", "metric", "versus", "n", "diff_mean", "ci95_low", "ci95_high")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,40 +110,53 @@ class Budget:
     pretrain_epochs: int = 30
     finetune_epochs: int = 4
     finetune_lr: float = 0.01
-    population: int = 8
-    sample: int = 3
+    population: int = 12
+    sample: int = 4
     candidates: int = 32
-    tau: int = 30
+    recal_batches: int = 8
+    paper_tau: int = 20           # legr_paper's tau steps per candidate
     tau_lr: float = 0.01
     round_to: int = 1
-    tp_tolerance: float = 0.01    # TP's MACs within this fraction of the target
+    tp_tolerance: float = 0.005   # TP's MACs at most the target and within this fraction below it
 
     def key(self, *fields: str) -> str:
         d = {f: getattr(self, f) for f in fields}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-# Full-mode budgets per data set, chosen so both data sets fit in ~30-40 min on 2 cores
-# (digits: 20 steps/epoch, shapes: 126 steps/epoch at batch 64).
-FULL = {"digits": Budget(pretrain_epochs=30, finetune_epochs=5),
-        "shapes": Budget(pretrain_epochs=15, finetune_epochs=2)}
+# Full-mode budgets per setting ("data/model"), chosen to fit about an hour on 2 cores.
+FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1),
+        "shapes/resnet56": Budget(model="resnet56", pretrain_epochs=10, finetune_epochs=1),
+        "digits/resnet20": Budget(pretrain_epochs=30, finetune_epochs=3)}
+FULL_SEEDS = {"shapes/resnet20": "0,1,2,3,4", "shapes/resnet56": "0,1,2,3,4", "digits/resnet20": "0,1"}
+CACHED_ONLY = False  # --cached-only: report what the cache holds, compute nothing
+FINETUNE = True      # --no-finetune: recalibrated top-1 only
 QUICK = Budget(train_limit=640, pretrain_epochs=8, finetune_epochs=3, population=3, sample=2,
-               candidates=5, tau=5)
+               candidates=5, recal_batches=4, paper_tau=5)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="about a minute: digits subset, 1 seed, 2 targets")
+    p.add_argument("--quick", action="store_true", help="under 2 minutes: digits subset, 1 seed, 2 targets")
     p.add_argument("--out", type=Path, help="result folder (default benchmarks/results/ranking_quality/)")
     p.add_argument("--work-dir", type=Path, default=common.BENCH_DIR / "work",
                    help="cache of dense checkpoints, rankings and fine-tune results (git-ignored)")
-    p.add_argument("--datasets", help="comma-separated (default: digits,shapes; quick: digits)")
+    p.add_argument("--settings", help="comma-separated data/model pairs (default: "
+                                      + ",".join(FULL) + "; quick: digits/resnet20)")
     p.add_argument("--targets", help="comma-separated MAC targets (default 0.7,0.5,0.3,0.2; quick 0.5,0.3)")
-    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; quick 0)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 5 per shapes setting, 2 for digits; quick 0)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--pretrain-epochs", type=int, help="override the per-data-set default")
-    p.add_argument("--finetune-epochs", type=int, help="override the per-data-set default")
+    p.add_argument("--ablation", default="shapes/resnet20",
+                   help="settings that get the ablation at the search target ('' for none)")
+    p.add_argument("--no-finetune", action="store_true",
+                   help="score every pruned network after recalibration only (no fine-tuning): a cheaper run")
+    p.add_argument("--ablation-seeds", type=int, default=3, help="how many of the seeds the ablation runs (3)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: report the rows the cache holds (e.g. after an interrupted run)")
+    p.add_argument("--multi-target", action="store_true",
+                   help="also run legr_multi (fitness at the search target and 0.5) at every target")
+    p.add_argument("--pretrain-epochs", type=int, help="override the per-setting default")
+    p.add_argument("--finetune-epochs", type=int, help="override the per-setting default")
     p.add_argument("--candidates", type=int, help="LeGR candidates per search (default 32)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int,
@@ -131,27 +169,32 @@ def floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()]
 
 
-def budget_for(dataset: str, args: argparse.Namespace) -> Budget:
-    b = QUICK if args.quick else FULL.get(dataset, Budget())
-    over = {"model": args.model}
+def budget_for(setting: str, args: argparse.Namespace) -> Budget:
+    dataset, model = setting.split("/")
+    b = dataclasses.replace(QUICK, model=model) if args.quick else FULL.get(setting, Budget(model=model))
+    over = {}
     for name in ("pretrain_epochs", "finetune_epochs", "candidates"):
         if getattr(args, name) is not None:
             over[name] = getattr(args, name)
     return dataclasses.replace(b, **over)
 
 
-# ----- one data set -----------------------------------------------------------------
+# ----- one setting ---------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Bench:
-    """The shared state of one data set: data, dense model, pruner, cached masks."""
+    """The shared state of one setting: data, dense model, pruner."""
 
-    dataset: str
+    setting: str
     budget: Budget
     root: Path               # work-dir/<model>-<dataset>-<dense key>
     ctx: Any                 # legr_edge.workflow.Context
     dense_row: dict[str, Any]
     targets: list[float]
+
+    @property
+    def dataset(self) -> str:
+        return self.setting.split("/")[0]
 
     @property
     def pruner(self):
@@ -168,52 +211,59 @@ def load_data(dataset: str, budget: Budget):
     return data
 
 
-def search_config(dataset: str, budget: Budget, targets: list[float], seed: int, out: Path) -> SearchConfig:
-    return SearchConfig(
+def search_config(dataset: str, budget: Budget, targets: list[float], seed: int, out: Path,
+                  **over: Any) -> SearchConfig:
+    values = dict(
         model=budget.model, dataset=dataset, out=str(out), seed=seed, batch_size=budget.batch_size,
         pretrain_epochs=budget.pretrain_epochs, targets=tuple(targets), search_target=min(targets),
         population=budget.population, sample=budget.sample, candidates=budget.candidates,
-        tau=budget.tau, tau_lr=budget.tau_lr, round_to=budget.round_to,
+        recal_batches=budget.recal_batches, tau_lr=budget.tau_lr, round_to=budget.round_to,
         finetune_epochs=budget.finetune_epochs, finetune_lr=budget.finetune_lr, export=False)
+    values.update(over)
+    if values.get("scoring") == "paper":
+        values["tau"] = budget.paper_tau
+    if values.get("fitness_targets") == "SEARCH,0.5":
+        values["fitness_targets"] = (min(targets), 0.5)
+    return SearchConfig(**values)
 
 
-def prepare(dataset: str, budget: Budget, targets: list[float], work: Path, device) -> Bench:
+def prepare(setting: str, budget: Budget, targets: list[float], work: Path, device) -> Bench:
     """Load the data and the dense model (trained once, cached under ``work``)."""
+    dataset = setting.split("/")[0]
     root = work / f"{budget.model}-{dataset}-{budget.key('model', 'train_limit', 'batch_size', 'pretrain_epochs')}"
     data = load_data(dataset, budget)
     cfg = search_config(dataset, budget, targets, 0, root)
     t0 = time.perf_counter()
     dense, dense_row = workflow.dense_model(cfg, data, root, device)
-    log.info("%s: dense %s ready in %.0fs: test top-1 %.2f, %.2f MMACs (%s)", dataset, budget.model,
+    log.info("%s: dense ready in %.0fs: test top-1 %.2f, %.2f MMACs (%s)", setting,
              time.perf_counter() - t0, dense_row["test_top1"], dense_row["macs"] / 1e6, root)
     ctx = workflow.make_context(cfg, root, device, data, dense)
-    return Bench(dataset, budget, root, ctx, dense_row, targets)
+    return Bench(setting, budget, root, ctx, dense_row, targets)
 
 
-def legr_scores(bench: Bench, seed: int) -> np.ndarray:
-    """Search (or reuse) the LeGR ranking of evolution seed ``seed``."""
-    b = bench.budget
-    key = b.key("population", "sample", "candidates", "tau", "tau_lr", "round_to", "batch_size")
-    run = bench.root / f"legr-{key}-t{min(bench.targets):g}-seed{seed}"
+def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
+    """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``."""
+    b, over = bench.budget, LEGR_VARIANTS[variant]
+    key = b.key("population", "sample", "candidates", "recal_batches", "paper_tau", "tau_lr", "round_to",
+                "batch_size")
+    vkey = hashlib.sha256(json.dumps(over, sort_keys=True).encode()).hexdigest()[:6]
+    run = bench.root / f"{variant}-{key}-{vkey}-t{min(bench.targets):g}-seed{seed}"
+    if CACHED_ONLY and not (run / "ranking.json").exists():
+        return None
     run.mkdir(parents=True, exist_ok=True)
-    cfg = search_config(bench.dataset, b, bench.targets, seed, run)
+    cfg = search_config(bench.dataset, b, bench.targets, seed, run, **over)
+    dense, coupling = bench.ctx.dense, bench.pruner.coupling
+    ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={},
+                              scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce))
     t0 = time.perf_counter()
-    alpha, kappa = workflow.search_ranking(dataclasses.replace(bench.ctx, cfg=cfg, run=run))
-    log.info("%s: LeGR ranking (seed %d) ready in %.0fs", bench.dataset, seed, time.perf_counter() - t0)
-    return bench.ctx.scores.transformed(alpha, kappa)
+    alpha, kappa = workflow.search_ranking(ctx)
+    log.info("%s: %s ranking (seed %d) ready in %.0fs", bench.setting, variant, seed, time.perf_counter() - t0)
+    return ctx.scores.transformed(alpha, kappa)
 
 
 def l2_scores(bench: Bench) -> np.ndarray:
-    return bench.ctx.scores.transformed(*bench.ctx.scores.identity())
-
-
-def uniform_scores(l2: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Score = 1 - (within-group L2 rank + 0.5) / group size: a threshold t keeps
-    round(size * (1 - t)) channels of every group, the same fraction everywhere, and
-    within a group the filters with the largest L2 norms."""
-    ranks = within_group_ranks(l2, group)
-    sizes = np.bincount(group)[group]
-    return 1.0 - (ranks + 0.5) / sizes
+    raw = base_scores(bench.ctx.dense, bench.pruner.coupling, "none", "sum")
+    return raw.transformed(*raw.identity())
 
 
 def random_scores(n: int, seed: int) -> np.ndarray:
@@ -242,22 +292,25 @@ def tp_prune(dense: nn.Module, example: torch.Tensor, ratio: float, ignored: lis
 
 
 def tp_at_target(bench: Bench, target: float) -> nn.Module:
-    """Bisect TP's global pruning ratio until count_macs is within tolerance of the target."""
+    """Bisect TP's global pruning ratio: the network with the most MACs that are still at
+    most the target (within tolerance below it), so TP never gets more MACs than the rest."""
     dense, example = bench.ctx.dense, workflow.example_input(bench.ctx.info, bench.ctx.device)
     classifier = execution_order(dense, example, (nn.Conv2d, nn.Linear))[-1]
     ignored, dense_macs = [dense.get_submodule(classifier)], bench.pruner.dense_macs
     max_ratio = 1.0 - bench.ctx.cfg.min_fraction  # the same per-layer floor as legr_edge's Pruner
     lo, hi, best = 0.0, max_ratio, None
-    for _ in range(24):
+    for _ in range(30):
         ratio = (lo + hi) / 2
         net = tp_prune(dense, example, ratio, ignored, max_ratio)
         got = count_macs(net, example) / dense_macs
-        if best is None or abs(got - target) < abs(best[1] - target):
+        if got <= target and (best is None or got > best[1]):
             best = (net, got, ratio)
-        if abs(got - target) <= bench.budget.tp_tolerance * target:
+        if got <= target and target - got <= bench.budget.tp_tolerance * target:
             break
         lo, hi = (ratio, hi) if got > target else (lo, ratio)
-    log.info("%s: TP magnitude at target %.2f: ratio %.4f gives MACs %.4f", bench.dataset, target,
+    if best is None:
+        raise RuntimeError(f"Torch-Pruning cannot reach {target} of the MACs")
+    log.info("%s: TP magnitude at target %.2f: ratio %.4f gives MACs %.4f", bench.setting, target,
              best[2], best[1])
     return best[0]
 
@@ -269,43 +322,59 @@ def tp_cached(bench: Bench, nets: dict[float, nn.Module], target: float) -> nn.M
     return copy.deepcopy(nets[target])
 
 
-# ----- fine-tune and evaluate ---------------------------------------------------------
+# ----- recalibrate, fine-tune and evaluate ---------------------------------------------
 
-def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Module) -> dict[str, Any]:
+def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Module,
+                 finetune: bool = True) -> dict[str, Any]:
     ctx, b = bench.ctx, bench.budget
     example = workflow.example_input(ctx.info, ctx.device)
     macs = count_macs(net, example)
-    pruned_val, _ = evaluate(net, ctx.data.val, ctx.info, ctx.device)
-    settings = SGDSettings(lr=b.finetune_lr, nesterov=True, schedule="step", batch_size=b.batch_size)
-    t0 = time.perf_counter()
-    net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, b.finetune_epochs, settings,
-                   ctx.device, seed, f"{method}@{target:g} s{seed}")
-    test, _ = evaluate(net, ctx.data.test, ctx.info, ctx.device)
-    return {"dataset": bench.dataset, "method": method, "target": target, "seed": seed, "macs": macs,
-            "macs_ratio": macs / bench.pruner.dense_macs, "pruned_val_top1": pruned_val,
-            "val_top1": val, "test_top1": test, "finetune_s": time.perf_counter() - t0}
+    # the same seed-s recalibration batches for every method (not the search's: round 99)
+    recal = FitnessEvaluator(ctx.data, ctx.info, ctx.device,
+                             FitnessSettings(recal_batches=b.recal_batches, batch_size=b.batch_size,
+                                             val_limit=1, seed=seed), round=99)
+    recal(net)
+    recal_top1, _ = evaluate(net, ctx.data.test, ctx.info, ctx.device)
+    row = {"setting": bench.setting, "method": method, "target": target, "seed": seed, "macs": macs,
+           "macs_ratio": macs / bench.pruner.dense_macs, "recal_top1": recal_top1,
+           "val_top1": None, "test_top1": None, "finetune_s": None}
+    if finetune:
+        settings = SGDSettings(lr=b.finetune_lr, nesterov=True, schedule="step", batch_size=b.batch_size)
+        t0 = time.perf_counter()
+        net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, b.finetune_epochs, settings,
+                       ctx.device, seed, f"{method}@{target:g} s{seed}")
+        test, _ = evaluate(net, ctx.data.test, ctx.info, ctx.device)
+        row.update(val_top1=val, test_top1=test, finetune_s=time.perf_counter() - t0)
+    return row
 
 
-def cached_row(bench: Bench, method: str, target: float, seed: int, make_net) -> dict[str, Any]:
+def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
+               finetune: bool = True) -> dict[str, Any]:
+    finetune = finetune and FINETUNE
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
-    path = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}.json"
+    tag = "" if finetune else "-recal"
+    path = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}{tag}.json"
     if path.exists():
         return json.loads(path.read_text())
-    row = finetune_row(bench, method, target, seed, make_net())
+    if CACHED_ONLY:
+        return None
+    row = finetune_row(bench, method, target, seed, make_net(), finetune)
     io.write_json(path, row)
     return row
 
 
-def run_dataset(bench: Bench, methods: list[str], seeds: list[int], bar) -> list[dict[str, Any]]:
+def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: int, bar) -> list[dict[str, Any]]:
+    """Every method at every target and seed, then the ablation on the first ``ablation`` seeds."""
     l2 = l2_scores(bench)
     group = bench.pruner.coupling.group_of_channel
     fixed = {"l2": l2, "uniform": uniform_scores(l2, group)}
     tp_nets: dict[float, nn.Module] = {}
     rows = []
+    search_target = min(bench.targets)
     for seed in seeds:
         scores = dict(fixed, random=random_scores(len(l2), seed))
-        if "legr" in methods:
-            scores["legr"] = legr_scores(bench, seed)
+        for variant in [m for m in methods if m in LEGR_VARIANTS]:
+            scores[variant] = legr_scores(bench, seed, variant)
         for target in bench.targets:
             for method in methods:
                 if method == "tp_magnitude":
@@ -314,139 +383,277 @@ def run_dataset(bench: Bench, methods: list[str], seeds: list[int], bar) -> list
                     make = lambda m=method, t=target: masked_net(bench, scores[m], t)
                 rows.append(cached_row(bench, method, target, seed, make))
                 bar.update(1)
+    for seed in seeds[:ablation]:
+        for variant in ABLATIONS:
+            sc = legr_scores(bench, seed, variant)
+            rows.append(cached_row(bench, variant, search_target, seed,
+                                   lambda sc=sc: masked_net(bench, sc, search_target)))
+            bar.update(1)
+    return [r for r in rows if r is not None]
+
+
+# ----- which normalisation: identity rankings, recalibrated, no fine-tuning ---------------
+
+NORM_STUDY = [("zscore", "mean"), ("zscore", "sum"), ("mean", "mean"), ("mean", "sum"), ("lamp", "mean"),
+              ("none", "mean"), ("none", "sum")]
+
+
+def norm_study(bench: Bench, seeds: list[int]) -> list[dict[str, Any]]:
+    """Test top-1 right after recalibration of the IDENTITY ranking under each score
+    normalisation and group reduction (no search, no fine-tuning), next to uniform and TP:
+    the measurement behind the product's default normalisation."""
+    dense, coupling = bench.ctx.dense, bench.pruner.coupling
+    l2 = l2_scores(bench)
+    rankings = {f"identity {n}/{r}": (lambda n=n, r=r: base_scores(dense, coupling, n, r))
+                for n, r in NORM_STUDY}
+    rows, tp_nets = [], {}
+    for target in bench.targets:
+        for seed in seeds:
+            for name, make in rankings.items():
+                ls = make()
+                row = cached_row(bench, name.replace(" ", "_").replace("/", "-"), target, seed,
+                                 lambda ls=ls: masked_net(bench, ls.transformed(*ls.identity()), target),
+                                 finetune=False)
+                rows.append(dict(row, method=name) if row else None)
+            for name, make in (("uniform", lambda: masked_net(bench, uniform_scores(l2, coupling.group_of_channel),
+                                                              target)),
+                               ("tp_magnitude", lambda: tp_cached(bench, tp_nets, target))):
+                row = cached_row(bench, name, target, seed, make, finetune=False)
+                rows.append(dict(row, method=name) if row else None)
     return rows
 
 
-# ----- summary, table, plot -------------------------------------------------------------
-
-def summarize(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+def norm_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    targets = sorted({r["target"] for r in rows}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    header = ["ranking"] + [f"top-1 @ {t:g} (MACs)" for t in targets]
     out = []
-    keys = sorted({(r["dataset"], r["target"]) for r in rows}, key=lambda k: (k[0], -k[1]))
-    for dataset, target in keys:
-        group = {m: [r for r in rows if (r["dataset"], r["target"], r["method"]) == (dataset, target, m)]
-                 for m in methods}
-        stats = {m: common.mean_std([r["test_top1"] for r in g]) for m, g in group.items() if g}
-        others = {m: s for m, s in stats.items() if m != "legr"}
-        best_other = max(others, key=lambda m: others[m][0]) if others else None
-        diff = (stats["legr"][0] - others[best_other][0]) if "legr" in stats and best_other else None
-        for m, (mean, std) in stats.items():
-            g = group[m]
-            out.append({"dataset": dataset, "target": target, "method": m, "n": len(g),
-                        "macs_ratio": common.mean_std([r["macs_ratio"] for r in g])[0],
-                        "test_top1_mean": mean, "test_top1_std": std,
-                        "pruned_val_top1_mean": common.mean_std([r["pruned_val_top1"] for r in g])[0],
-                        "legr_minus_best_other": diff, "best_other": best_other})
+    for m in methods:
+        cells = []
+        for t in targets:
+            g = _by(rows, method=m, target=t)
+            cells.append(f"{common.mean_std([r['recal_top1'] for r in g])[0]:.2f} "
+                         f"({common.mean_std([r['macs_ratio'] for r in g])[0]:.3f})")
+        out.append([m] + cells)
+    return header, out
+
+
+# ----- statistics, tables, plot ---------------------------------------------------------
+
+# Student's t, two-sided 95%, by degrees of freedom (1..30); beyond 30, 1.96 is close enough.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+       2.052, 2.048, 2.045, 2.042)
+
+
+def paired_ci(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its 95% confidence interval (nan width for n=1)."""
+    n = len(diffs)
+    mean = float(np.mean(diffs))
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = (T95[n - 2] if n - 1 <= len(T95) else 1.96) * float(np.std(diffs, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _by(rows, **match) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    keys = sorted({(r["setting"], r["target"], r["method"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    for setting, target, method in keys:
+        g = _by(rows, setting=setting, target=target, method=method)
+        test = [r["test_top1"] for r in g if r["test_top1"] is not None]
+        t_mean, t_std = common.mean_std(test)
+        r_mean, r_std = common.mean_std([r["recal_top1"] for r in g])
+        out.append({"setting": setting, "target": target, "method": method, "n": len(g),
+                    "macs_ratio": common.mean_std([r["macs_ratio"] for r in g])[0],
+                    "test_top1_mean": t_mean, "test_top1_std": t_std,
+                    "recal_top1_mean": r_mean, "recal_top1_std": r_std})
     return out
 
 
-def table_rows(summary: list[dict[str, Any]], methods: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["data", "target"] + [f"{m} top1 (MACs)" for m in methods] + ["LeGR - best other", "best other"]
+def paired(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """LeGR minus the best other method (by mean), paired by seed, per setting/target/metric."""
+    out = []
+    for setting, target in sorted({(r["setting"], r["target"]) for r in rows}, key=lambda k: (k[0], -k[1])):
+        for metric in ("test_top1", "recal_top1"):
+            per = {m: {r["seed"]: r[metric] for r in _by(rows, setting=setting, target=target, method=m)
+                       if r[metric] is not None} for m in methods}
+            legr = per.get("legr", {})
+            others = {m: v for m, v in per.items() if m not in ("legr", "legr_multi") and v}
+            if not legr or not others:
+                continue
+            best = max(others, key=lambda m: np.mean(list(others[m].values())))
+            seeds = sorted(set(legr) & set(others[best]))
+            mean, lo, hi = paired_ci([legr[s] - others[best][s] for s in seeds])
+            out.append({"setting": setting, "target": target, "metric": metric, "versus": best, "n": len(seeds),
+                        "diff_mean": mean, "ci95_low": lo, "ci95_high": hi})
+    return out
+
+
+def ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ablation variant minus ``legr`` at the search target, paired by seed."""
+    out = []
+    for setting in sorted({r["setting"] for r in rows if r["method"] in ABLATIONS}):
+        target = min(r["target"] for r in rows if r["setting"] == setting)
+        legr = {r["seed"]: r for r in _by(rows, setting=setting, target=target, method="legr")}
+        for variant in ABLATIONS:
+            var = {r["seed"]: r for r in _by(rows, setting=setting, target=target, method=variant)}
+            seeds = sorted(set(legr) & set(var))
+            if not seeds:
+                continue
+            row = {"setting": setting, "target": target, "variant": variant, "n": len(seeds),
+                   "change": json.dumps(LEGR_VARIANTS[variant])}
+            for metric in ("test_top1", "recal_top1"):
+                mean, lo, hi = paired_ci([var[s][metric] - legr[s][metric] for s in seeds])
+                row.update({f"{metric}_mean": common.mean_std([var[s][metric] for s in seeds])[0],
+                            f"{metric}_diff": mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+            out.append(row)
+    return out
+
+
+ABLATION_COLUMNS = ("setting", "target", "variant", "change", "n", "test_top1_mean", "test_top1_diff",
+                    "test_top1_ci_low", "test_top1_ci_high", "recal_top1_mean", "recal_top1_diff",
+                    "recal_top1_ci_low", "recal_top1_ci_high")
+
+
+def _ci(mean: float, lo: float, hi: float) -> str:
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else f"{mean:+.2f}"
+
+
+def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
+    header = (["setting", "target"] + [f"{m} (MACs)" for m in methods]
+              + ["LeGR - best other, fine-tuned [95% CI]", "... after recalibration only"])
     rows = []
-    for dataset, target in dict.fromkeys((s["dataset"], s["target"]) for s in summary):
-        cells = {s["method"]: s for s in summary if (s["dataset"], s["target"]) == (dataset, target)}
-        any_row = next(iter(cells.values()))
-        diff = any_row["legr_minus_best_other"]
-        rows.append([dataset, f"{target:.2f}"]
-                    + [f"{cells[m]['test_top1_mean']:.2f}±{cells[m]['test_top1_std']:.2f} ({cells[m]['macs_ratio']:.3f})"
-                       if m in cells else "-" for m in methods]
-                    + [f"{diff:+.2f}" if diff is not None else "-", any_row["best_other"] or "-"])
+    for setting, target in dict.fromkeys((s["setting"], s["target"]) for s in summary
+                                         if s["method"] in methods):
+        cells = {s["method"]: s for s in summary if (s["setting"], s["target"]) == (setting, target)}
+        pr = {p["metric"]: p for p in pairs if (p["setting"], p["target"]) == (setting, target)}
+        row = [setting, f"{target:.2f}"]
+        for m in methods:
+            c = cells.get(m)
+            tuned = "-" if not c or math.isnan(c["test_top1_mean"]) else \
+                f"{c['test_top1_mean']:.2f}±{c['test_top1_std']:.2f}"
+            row.append(f"{tuned} / {c['recal_top1_mean']:.1f} ({c['macs_ratio']:.3f})" if c else "-")
+        for metric in ("test_top1", "recal_top1"):
+            p = pr.get(metric)
+            row.append(f"{_ci(p['diff_mean'], p['ci95_low'], p['ci95_high'])} vs {p['versus']}" if p else "-")
+        rows.append(row)
     return header, rows
 
 
-def plot(summary: list[dict[str, Any]], dense: dict[str, float], methods: list[str], path: Path, title: str) -> None:
+def ablation_table(abl) -> tuple[list[str], list[list[str]]]:
+    header = ["setting", "target", "variant (one change off)", "fine-tuned top-1", "minus legr [95% CI]",
+              "recal top-1", "minus legr [95% CI]"]
+    rows = [[a["setting"], f"{a['target']:.2f}", a["variant"], f"{a['test_top1_mean']:.2f}",
+             _ci(a["test_top1_diff"], a["test_top1_ci_low"], a["test_top1_ci_high"]),
+             f"{a['recal_top1_mean']:.2f}",
+             _ci(a["recal_top1_diff"], a["recal_top1_ci_low"], a["recal_top1_ci_high"])] for a in abl]
+    return header, rows
+
+
+def plot(summary: list[dict[str, Any]], dense: dict[str, float], methods: list[str], path: Path) -> None:
     plt = common.pyplot()
-    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for m in methods:
-            pts = sorted((s["macs_ratio"], s["test_top1_mean"], s["test_top1_std"]) for s in summary
-                         if s["dataset"] == dataset and s["method"] == m)
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m, lw=2 if m == "legr" else 1)
-        ax.axhline(dense[dataset], color="gray", ls=":", label="dense")
-        ax.set_xlabel("MACs / dense MACs")
-        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
-        ax.set_title(f"{dataset}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
+    settings = list(dict.fromkeys(s["setting"] for s in summary))
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.5 * len(settings), 8), squeeze=False)
+    for col, setting in enumerate(settings):
+        for row, (key, label) in enumerate((("test_top1", "fine-tuned"), ("recal_top1", "recalibrated, no fine-tune"))):
+            ax = axes[row][col]
+            for m in methods:
+                pts = sorted((s["macs_ratio"], s[f"{key}_mean"], s[f"{key}_std"]) for s in summary
+                             if s["setting"] == setting and s["method"] == m)
+                if pts:
+                    x, y, e = zip(*pts)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m, lw=2.5 if m == "legr" else 1)
+            ax.axhline(dense[setting], color="gray", ls=":", label="dense")
+            ax.set_xlabel("MACs / dense MACs")
+            ax.set_ylabel(f"test top-1 (%), {label}")
+            ax.set_title(setting)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     common.save_figure(fig, path)
 
 
-def honest_notes(summary: list[dict[str, Any]]) -> list[str]:
-    """One line per (data set, target) where LeGR does not beat the best other method
-    by more than the larger of the two standard deviations."""
-    notes = []
-    for s in summary:
-        if s["method"] != "legr" or s["legr_minus_best_other"] is None:
-            continue
-        other = next(o for o in summary if (o["dataset"], o["target"], o["method"])
-                     == (s["dataset"], s["target"], s["best_other"]))
-        noise = max(s["test_top1_std"], other["test_top1_std"])
-        d = s["legr_minus_best_other"]
-        if d <= 0:
-            notes.append(f"{s['dataset']} @ {s['target']:.2f}: LeGR LOSES to {s['best_other']} by {-d:.2f} points")
-        elif d <= noise:
-            notes.append(f"{s['dataset']} @ {s['target']:.2f}: LeGR ahead of {s['best_other']} by {d:.2f}, "
-                         f"within the seed spread ({noise:.2f}): no clear win")
-    return notes
-
-
 def main(argv=None) -> int:
+    global CACHED_ONLY, FINETUNE
     args = parse_args(argv)
+    CACHED_ONLY, FINETUNE = args.cached_only, not args.no_finetune
     meta = common.start(NAME, args.quick, args.verbose)
     common.set_threads(args.threads or (1 if args.quick else None))
-    datasets = (args.datasets or ("digits" if args.quick else "digits,shapes")).split(",")
+    settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
     targets = floats(args.targets or ("0.5,0.3" if args.quick else "0.7,0.5,0.3,0.2"))
-    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS)
+    methods = [m for m in args.methods.split(",") if m] + (["legr_multi"] if args.multi_target else [])
+    unknown = set(methods) - set(METHODS) - {"legr_multi"}
     if unknown:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
+    ablate = set(a for a in args.ablation.split(",") if a) if not args.quick else set()
     device = workflow.pick_device(args.device)
     out = args.out or common.default_out(NAME, args.quick)
     t0 = time.perf_counter()
-    rows, dense, budgets = [], {}, {}
+    rows, dense, budgets, seeds_used, norm_rows = [], {}, {}, {}, {}
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(datasets) * len(seeds) * len(targets) * len(methods), desc="ranking_quality",
-               unit="model", disable=None)
-    for dataset in datasets:
-        budget = budget_for(dataset, args)
-        budgets[dataset] = dataclasses.asdict(budget)
-        bench = prepare(dataset, budget, targets, args.work_dir, device)
-        dense[dataset] = bench.dense_row["test_top1"]
-        rows += run_dataset(bench, methods, seeds, bar)
-    bar.close()
+    for setting in settings:
+        seeds = [int(s) for s in (args.seeds or ("0" if args.quick else FULL_SEEDS.get(setting, "0,1,2"))).split(",")]
+        seeds_used[setting] = seeds
+        budget = budget_for(setting, args)
+        budgets[setting] = dataclasses.asdict(budget)
+        bench = prepare(setting, budget, targets, args.work_dir, device)
+        dense[setting] = bench.dense_row["test_top1"]
+        n_ablation = min(args.ablation_seeds, len(seeds)) if setting in ablate else 0
+        n = len(seeds) * len(targets) * len(methods) + n_ablation * len(ABLATIONS)
+        if setting in ablate:
+            norm_rows[setting] = [r for r in norm_study(bench, seeds[:1]) if r is not None]
+        with tqdm(total=n, desc=setting, unit="model", disable=None) as bar:
+            rows += run_setting(bench, methods, seeds, n_ablation, bar)
     elapsed = time.perf_counter() - t0
-    report(meta, out, rows, methods, dense, budgets, targets, seeds, elapsed)
+    report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed, norm_rows)
     return 0
 
 
-def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float) -> None:
-    summary = summarize(rows, methods)
-    header, trows = table_rows(summary, methods)
-    notes = honest_notes(summary)
-    print("\nTest top-1 (%), mean±std over seeds (achieved MACs/dense); dense: "
+def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float,
+           norm_rows: dict[str, list[dict[str, Any]]]) -> None:
+    summary, pairs, abl = summarize(rows), paired(rows, methods), ablation(rows)
+    header, trows = table_rows(summary, pairs, methods)
+    print("\nTest top-1 (%): fine-tuned mean±std / after recalibration only (achieved MACs/dense); dense: "
           + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()))
     print(common.text_table(trows, header))
-    print("\n".join(notes) if notes else "LeGR beats every other method at every target by more than the seed spread.")
+    if abl:
+        print(common.text_table(*reversed(ablation_table(abl))))
     print(f"wall time {elapsed / 60:.1f} min")
     settings = {"targets": targets, "seeds": seeds, "methods": methods, "budgets": budgets,
-                "dense_test_top1": dense, "wall_s": elapsed}
-    common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "notes": notes},
-                         extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS)})
+                "dense_test_top1": dense, "wall_s": elapsed, "variants": LEGR_VARIANTS}
+    common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "paired": pairs, "ablation": abl,
+                                                              "normalisation": norm_rows},
+                         extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS),
+                                     "paired.csv": (pairs, PAIRED_COLUMNS),
+                                     "ablation.csv": (abl, ABLATION_COLUMNS)})
     png = out / f"{NAME}.png"
-    plot(summary, dense, methods, png, f"{budgets[next(iter(budgets))]['model']}: test top-1 at equal MACs")
-    body = "\n\n".join([
-        f"Test top-1 (%), mean±std over seeds {seeds}, achieved MACs/dense in brackets; "
-        f"dense: {', '.join(f'{d} {v:.2f}' for d, v in dense.items())}. Wall time {elapsed / 60:.1f} min.",
-        common.md_table(trows, header),
-        "Where LeGR does not clearly win:\n\n" + ("\n".join(f"- {n}" for n in notes) if notes else "- nowhere"),
-        "Budgets: " + "; ".join(f"{d}: " + ", ".join(f"{k}={v}" for k, v in b.items()) for d, b in budgets.items()),
-        f"![ranking quality]({common.rel(png)}) · data: `{common.rel(out)}/`"])
-    common.update_results_md(meta, body)
+    plot(summary, dense, [m for m in methods], png)
+    parts = [
+        f"Test top-1 (%) per method: fine-tuned mean±std over seeds / right after BatchNorm recalibration, "
+        f"no fine-tuning (mean), achieved MACs/dense in brackets. Seeds: "
+        + "; ".join(f"{s} {v}" for s, v in seeds.items()) + ". Dense: "
+        + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()) + f". Wall time {elapsed / 60:.1f} min.",
+        common.md_table(trows, header)]
+    if abl:
+        parts += ["Ablation at the search target: each change of the product's method switched off alone, "
+                  "paired difference to `legr` (negative = the change helps):",
+                  common.md_table(*reversed(ablation_table(abl)))]
+    for setting, nrows in norm_rows.items():
+        print(common.text_table(*reversed(norm_table(nrows))))
+        parts += [f"Score normalisation ({setting}): test top-1 of the IDENTITY ranking right after "
+                  "BatchNorm recalibration, no search and no fine-tuning, mean over seeds "
+                  f"{sorted({r['seed'] for r in nrows})} of the recalibration batches (achieved MACs/dense). "
+                  "`zscore/mean` is the product's default:",
+                  common.md_table(*reversed(norm_table(nrows)))]
+    parts += ["Budgets: " + "; ".join(f"{d}: " + ", ".join(f"{k}={v}" for k, v in b.items())
+                                      for d, b in budgets.items()),
+              f"![ranking quality]({common.rel(png)}) · data: `{common.rel(out)}/`"]
+    common.update_results_md(meta, "\n\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The search command's configuration: presets, flags, one frozen dataclass.
 
-Resolution order: dataclass defaults < ``--preset`` < the device ``--profile``
-(default ``cpu-ort``: its ``round_to``) < flags given explicitly on the command line. The resolved config is written to
-``config.json`` in the run directory.
+Resolution order: dataclass defaults < ``--preset`` (a budget) < ``--scoring`` (the
+method: the product's ``v2`` or the ``paper``'s) < the device ``--profile`` (default
+``cpu-ort``: its ``round_to``) < flags given explicitly on the command line. The resolved config is
+written to ``config.json`` in the run directory.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ DEFAULT_TARGETS = (0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     model: str = "resnet20"
-    dataset: str = "digits"
+    dataset: str = "shapes"
     data_dir: str | None = None
     checkpoint: str | None = None
     out: str | None = None
@@ -30,26 +31,42 @@ class SearchConfig:
     val_fraction: float = 0.1
     batch_size: int = 64
     # dense pretraining (when no checkpoint is given)
-    pretrain_epochs: int = 30
+    pretrain_epochs: int = 12
     pretrain_lr: float = 0.1
-    # the ranking search
+    # the ranking search (defaults: the product's method, see SCORING for the paper's)
     targets: tuple[float, ...] = DEFAULT_TARGETS
     search_target: float | None = None   # default: the smallest target
-    population: int = 16
-    sample: int = 4
-    candidates: int = 48
-    tau: int = 40
+    scoring: str = "v2"                  # v2 (the product's) | paper (the published method)
+    score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
+    group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
+    seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
+    init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
+    mutate_scale: float = 0.5            # the same for mutations
+    population: int = 32
+    sample: int = 8
+    candidates: int = 200
+    recal_batches: int = 8               # BatchNorm recalibration batches before fitness (0 = off)
+    fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
+    fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
+    tau: int = 0
     tau_lr: float = 0.01
-    fitness: str = "accuracy"            # accuracy | loss
+    fitness: str = "loss"                # loss | accuracy, on the fixed validation subset
+    finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
+    final_rounds: int = 3                # fresh recalibration draws for that re-scoring
     round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
     ignore_layers: tuple[str, ...] = ()
     # the family
-    finetune_epochs: int = 10
+    finetune_epochs: int = 3
     finetune_lr: float = 0.01
     export: bool = True
     opset: int | None = None
+    # latency as the cost (issue 8): targets are fractions of the table's dense prediction
+    cost: str = "macs"                   # macs | latency
+    latency_table: str | None = None     # RUN/latency_table_<profile>.json from the device
+    targets_ms: tuple[float, ...] = ()   # absolute latency targets; converted into ``targets``
+    staircase: bool = True               # latency cost: keep a wider width the device gives for free
     input_size: tuple[int, int] | None = None  # (H, W); default: the data set's or the model's
 
     def __post_init__(self):
@@ -61,6 +78,19 @@ class SearchConfig:
             _check_fraction(self.search_target, "--search-target")
         if self.fitness not in ("accuracy", "loss"):
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
+        if self.scoring not in SCORING:
+            raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {self.scoring!r}")
+        from legr_edge.prune.scoring import NORMALISATIONS, REDUCTIONS
+        if self.score_norm not in NORMALISATIONS:
+            raise LegrError(f"--score-norm must be one of {', '.join(NORMALISATIONS)}, got {self.score_norm!r}")
+        if self.group_reduce not in REDUCTIONS:
+            raise LegrError(f"--group-reduce must be one of {', '.join(REDUCTIONS)}, got {self.group_reduce!r}")
+        for t in self.fitness_targets:
+            _check_fraction(t, "--fitness-targets value")
+        for name in ("init_scale", "mutate_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 100.0):
+                raise LegrError(f"--{name.replace('_', '-')} must be a number in [0, 100), got {value!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LegrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -70,7 +100,9 @@ class SearchConfig:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sample > self.population:
             raise LegrError(f"--sample ({self.sample}) must not exceed --population ({self.population})")
-        for name in ("pretrain_epochs", "tau", "finetune_epochs"):
+        _check_latency(self)
+        for name in ("pretrain_epochs", "tau", "finetune_epochs", "recal_batches", "fitness_val_limit",
+                     "finalists", "final_rounds"):
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check_more(self)
@@ -80,6 +112,10 @@ class SearchConfig:
         return self.search_target if self.search_target is not None else min(self.targets)
 
     @property
+    def effective_fitness_targets(self) -> tuple[float, ...]:
+        return self.fitness_targets or (self.effective_search_target,)
+
+    @property
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model.replace(':', '.').replace('/', '_')}-{self.dataset}"
 
@@ -87,14 +123,28 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
+# What --scoring paper changes: the published method exactly (raw squared L2 norms, a
+# coupled channel SUMS its members, identity-only seeding, alpha = exp(N(0,1)) and
+# kappa = N(0, sigma_l), fitness = validation accuracy after tau SGD steps with stale
+# BatchNorm statistics, the single best candidate). "v2" is the dataclass defaults.
+# The method's keys override a preset (a preset is a budget); tau is budget, so a preset's
+# tau (the paper preset's 200) wins over the paper method's default of 40.
+SCORING: dict[str, dict[str, Any]] = {
+    "v2": {},
+    "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, init_scale=1.0,
+                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0),
+}
+SCORING_BUDGET: dict[str, dict[str, Any]] = {"v2": {}, "paper": {"tau": 40}}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds, for tests and checks: a few candidates, a few steps.
-    "smoke": dict(pretrain_epochs=2, population=4, sample=2, candidates=6, tau=5,
-                  finetune_epochs=1, targets=(0.5, 0.3), batch_size=64),
-    # The embedded default run (digits + ResNet-20): under 10 minutes on 2 CPU cores.
+    # Seconds, for tests and checks: the small embedded data set, a few candidates.
+    "smoke": dict(dataset="digits", pretrain_epochs=2, population=4, sample=2, candidates=6,
+                  recal_batches=2, finalists=2, final_rounds=1, finetune_epochs=1, targets=(0.5, 0.3),
+                  batch_size=64),
+    # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
     "default": {},
-    # The published hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
-    "paper": dict(pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
+    # The published method and hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
+    "paper": dict(scoring="paper", pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
                   batch_size=128, tau_lr=0.01, finetune_epochs=200, finetune_lr=0.01),
 }
 
@@ -113,13 +163,46 @@ def resolve(explicit: dict[str, Any]) -> SearchConfig:
     preset = explicit.get("preset", "default")
     if preset not in PRESETS:
         raise LegrError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    values: dict[str, Any] = dict(PRESETS[preset])
+    scoring = explicit.get("scoring", PRESETS[preset].get("scoring", SearchConfig.scoring))
+    if scoring not in SCORING:
+        raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {scoring!r}")
+    values: dict[str, Any] = dict(SCORING_BUDGET[scoring])
+    values.update(PRESETS[preset])
+    values.update(SCORING[scoring])
     values.update(explicit)
     if "round_to" not in explicit:
         from legr_edge.device.profiles import load_profile
         values["round_to"] = load_profile(values.get("profile", SearchConfig.profile)).round_to
     values.update(explicit)
+    if values.get("targets_ms"):
+        values["targets"] = _fractions_of_dense(values)
     return SearchConfig(**values)
+
+
+def _check_latency(cfg: SearchConfig) -> None:
+    if cfg.cost not in ("macs", "latency"):
+        raise LegrError(f"--cost must be 'macs' or 'latency', got {cfg.cost!r}")
+    if cfg.cost == "latency" and not cfg.latency_table:
+        raise LegrError("--cost latency needs --latency-table FILE (python -m legr_edge.latency_table RUN "
+                        "builds it on the device)")
+    if cfg.targets_ms and cfg.cost != "latency":
+        raise LegrError("--targets-ms needs --cost latency")
+    if any(not (isinstance(t, (int, float)) and t > 0) for t in cfg.targets_ms):
+        raise LegrError(f"--targets-ms must be positive milliseconds, got {list(cfg.targets_ms)}")
+
+
+def _fractions_of_dense(values: dict[str, Any]) -> tuple[float, ...]:
+    """--targets-ms as fractions of the table's predicted dense latency (what the Pruner meets)."""
+    from legr_edge.latency.table import LatencyTable
+
+    if values.get("cost") != "latency" or not values.get("latency_table"):
+        raise LegrError("--targets-ms needs --cost latency and --latency-table FILE")
+    dense = LatencyTable.load(values["latency_table"]).dense_ms()
+    too_slow = [t for t in values["targets_ms"] if t >= dense]
+    if too_slow:
+        raise LegrError(f"--targets-ms {too_slow}: not below the dense network's predicted {dense:.4f} ms "
+                        f"({values['latency_table']})")
+    return tuple(t / dense for t in values["targets_ms"])
 
 
 def _check_fraction(value: float, name: str) -> None:
@@ -146,10 +229,10 @@ def _check_more(c: SearchConfig) -> None:
         raise LegrError(f"--min-fraction must be in [0, 1), got {c.min_fraction!r}")
     if c.min_channels < 1:
         raise LegrError(f"--min-channels must be >= 1, got {c.min_channels}")
-    names = [member_name(t) for t in c.targets]
+    names = [member_name(c, t) for t in c.targets]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        same = [t for t in c.targets if member_name(t) in dupes]
+        same = [t for t in c.targets if member_name(c, t) in dupes]
         raise LegrError(f"--targets {', '.join(map(str, same))} all become {', '.join(dupes)}; "
                         "targets must differ in their second decimal")
     if c.opset is not None and not 11 <= c.opset <= 23:
@@ -159,6 +242,13 @@ def _check_more(c: SearchConfig) -> None:
         raise LegrError(f"--input-size must be H,W (or one number) between 1 and 4096, got {c.input_size!r}")
 
 
-def member_name(target: float) -> str:
-    """The family member's name (and folder) for a MAC target."""
-    return f"legr_{target:.2f}"
+def member_name(cfg: SearchConfig, target: float) -> str:
+    """legr_0.50 (MAC fraction), lat_0.50 (fraction of dense latency) or lat_1.2ms (--targets-ms):
+    the family member's name and folder (two targets that give one name are refused)."""
+    if cfg.cost != "latency":
+        return f"legr_{target:.2f}"
+    if cfg.targets_ms:
+        ms = dict(zip(cfg.targets, cfg.targets_ms)).get(target)
+        if ms is not None:
+            return f"lat_{ms:g}ms"
+    return f"lat_{target:.2f}"

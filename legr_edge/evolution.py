@@ -7,9 +7,18 @@ it stopped and ends with the same result as an uninterrupted one (the fitness fu
 must be deterministic per candidate index, which the caller ensures by seeding).
 
 Schedule (Real et al. 2019, as LeGR uses it): the first ``population`` candidates are
-the initial population (member 0 is the identity transform, so plain global L2 pruning
-is always in the pool); after that each step samples ``sample`` members, mutates the
+the initial population; after that each step samples ``sample`` members, mutates the
 fittest, evaluates the child, appends it and removes the OLDEST member.
+
+The initial population starts with the caller's seed transforms (the product seeds the
+identity, the paper's raw-L2 ranking and uniform pruning; without seeds, member 0 is the
+identity). The other initial members are random: with ``around_seeds``, each is a seed
+(chosen at random) perturbed in every layer by ``init_scale``; otherwise the paper's
+``alpha = exp(N(0, init_scale))``, ``kappa = N(0, init_scale) * sigma_l``. A mutation
+perturbs about ``mutate_fraction`` of the layers: ``alpha *= exp(N(0, step *
+mutate_scale))``, ``kappa += N(0, mutate_scale) * sigma_l``, ``step`` decaying linearly
+from 1. The paper's scales are 1.0; the product's are smaller because its scores are
+normalised (see legr_edge.config.SCORING).
 """
 from __future__ import annotations
 
@@ -37,12 +46,17 @@ class EvolutionSettings:
     candidates: int = 400
     mutate_fraction: float = 0.1   # share of layers mutated per child (distinct layers)
     seed: int = 0
+    init_scale: float = 1.0        # std of log-alpha and of kappa/sigma of random initial members
+    mutate_scale: float = 1.0      # the same for mutations (log-alpha's decays with the step)
+    around_seeds: bool = False     # random initial members perturb the seeds instead of identity
 
     def __post_init__(self):
         if self.population < 1 or self.candidates < 1:
             raise LegrError("population and candidates must be >= 1")
         if not 1 <= self.sample <= self.population:
             raise LegrError(f"sample ({self.sample}) must be in 1..population ({self.population})")
+        if not (self.init_scale >= 0 and self.mutate_scale >= 0):
+            raise LegrError("init_scale and mutate_scale must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +78,17 @@ class EvolutionState:
     rng_state: dict[str, Any]
     history: list[Candidate]
     population: list[int]          # indices into history, oldest first
+    seeds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [[alpha, kappa], ...]
 
     @classmethod
-    def fresh(cls, settings: EvolutionSettings, sigma: np.ndarray) -> "EvolutionState":
+    def fresh(cls, settings: EvolutionSettings, sigma: np.ndarray,
+              seeds: list[tuple[np.ndarray, np.ndarray]] = ()) -> "EvolutionState":
+        """A new search; ``seeds`` (alpha, kappa) pairs open the initial population."""
+        if len(seeds) > settings.population:
+            raise LegrError(f"{len(seeds)} seed transforms do not fit a population of {settings.population}")
         rng = np.random.default_rng(settings.seed)
-        return cls(settings, [float(s) for s in sigma], rng.bit_generator.state, [], [])
+        packed = [[[float(x) for x in a], [float(x) for x in k]] for a, k in seeds]
+        return cls(settings, [float(s) for s in sigma], rng.bit_generator.state, [], [], packed)
 
     def best(self) -> Candidate:
         return max(self.history, key=lambda c: (c.fitness, -c.index))
@@ -77,14 +97,14 @@ class EvolutionState:
         return {"format": STATE_FORMAT, "settings": dataclasses.asdict(self.settings),
                 "sigma": self.sigma, "rng_state": self.rng_state,
                 "history": [dataclasses.asdict(c) for c in self.history],
-                "population": self.population}
+                "population": self.population, "seeds": self.seeds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EvolutionState":
         if data.get("format") != STATE_FORMAT:
             raise LegrError(f"search state has format {data.get('format')!r}, expected {STATE_FORMAT!r}")
         return cls(EvolutionSettings(**data["settings"]), data["sigma"], data["rng_state"],
-                   [Candidate(**c) for c in data["history"]], data["population"])
+                   [Candidate(**c) for c in data["history"]], data["population"], data.get("seeds", []))
 
 
 def load_state(path: Path) -> EvolutionState:
@@ -103,7 +123,7 @@ def evolve(fitness: FitnessFn, state: EvolutionState, state_path: Path | None = 
     sigma = np.asarray(state.sigma, dtype=np.float64)
     while len(state.history) < s.candidates:
         k = len(state.history)
-        alpha, kappa = (_initial(k, sigma, rng) if k < s.population
+        alpha, kappa = (_initial(k, state, sigma, rng) if k < s.population
                         else _child(state, sigma, rng, k))
         value, info = fitness(k, alpha, kappa)
         cand = Candidate(k, alpha.tolist(), kappa.tolist(), float(value), info)
@@ -119,11 +139,20 @@ def evolve(fitness: FitnessFn, state: EvolutionState, state_path: Path | None = 
     return state.best()
 
 
-def _initial(k: int, sigma: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    n = len(sigma)
-    if k == 0:
-        return np.ones(n), np.zeros(n)
-    return np.exp(rng.normal(0.0, 1.0, n)), rng.normal(0.0, 1.0, n) * sigma
+def _initial(k: int, state: EvolutionState, sigma: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n, s = len(sigma), state.settings
+    seeds = [(np.asarray(a, dtype=np.float64), np.asarray(kp, dtype=np.float64)) for a, kp in state.seeds]
+    if not seeds:
+        seeds = [(np.ones(n), np.zeros(n))]
+    if k < len(seeds):
+        return seeds[k][0].copy(), seeds[k][1].copy()
+    if s.around_seeds:
+        alpha, kappa = seeds[int(rng.integers(len(seeds)))]
+    else:
+        alpha, kappa = np.ones(n), np.zeros(n)
+    return (alpha * np.exp(rng.normal(0.0, s.init_scale, n)),
+            kappa + rng.normal(0.0, s.init_scale, n) * sigma)
 
 
 def _child(state: EvolutionState, sigma: np.ndarray, rng: np.random.Generator,
@@ -132,7 +161,8 @@ def _child(state: EvolutionState, sigma: np.ndarray, rng: np.random.Generator,
     picks = rng.choice(len(state.population), size=s.sample, replace=False)
     parent = max((state.history[state.population[i]] for i in picks), key=lambda c: c.fitness)
     step = mutation_step(k, s.candidates)
-    return mutate(np.asarray(parent.alpha), np.asarray(parent.kappa), sigma, step, s.mutate_fraction, rng)
+    return mutate(np.asarray(parent.alpha), np.asarray(parent.kappa), sigma * s.mutate_scale,
+                  step * s.mutate_scale, s.mutate_fraction, rng)
 
 
 def mutation_step(k: int, candidates: int) -> float:
@@ -142,7 +172,10 @@ def mutation_step(k: int, candidates: int) -> float:
 
 def mutate(alpha: np.ndarray, kappa: np.ndarray, sigma: np.ndarray, step: float,
            fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Perturb about ``fraction`` of the layers, each layer at most once."""
+    """Perturb about ``fraction`` of the layers, each layer at most once.
+
+    ``step`` is the std of log-alpha's change, ``sigma`` the per-layer std of kappa's.
+    """
     n = len(alpha)
     layers = rng.choice(n, size=max(1, int(math.ceil(fraction * n))), replace=False)
     alpha, kappa = alpha.copy(), kappa.copy()

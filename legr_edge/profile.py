@@ -29,7 +29,10 @@ the same host are skipped unless --force. A measurement counts only when all its
 rounds are done: a run interrupted between rounds leaves those models' rows as
 status=incomplete (pick ignores them), and the next run measures them again. A model that fails (missing or corrupt
 ONNX, build or run error) gets status=failed and the reason in `error`; the others
-go on and the exit code stays 0. Then choose one:
+go on and the exit code stays 0. A backend that cannot run on this machine at all
+(TensorRT or CUDA missing, TensorRT older than 8.5) fails every model with that reason,
+also with exit code 0; exit code 1 is for bad input (run directory, profile, flags).
+Then choose one:
     python -m legr_edge.pick runs/cifar10_resnet56/latency_cpu-ort.csv --max-latency-ms 2
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 
 from legr_edge.cli import EXIT_STATUS, run_cli, setup_logging
 from legr_edge.device.backends import Backend, ModelSpec, get_backend
+from legr_edge.device.backends.base import BackendUnavailable
 from legr_edge.device.fingerprint import collect_fingerprint, short_device_name
 from legr_edge.device.onnx_info import inspect_onnx
 from legr_edge.device.profiles import Profile, load_profile
@@ -55,7 +59,7 @@ from legr_edge.device.results import CSV_COLUMNS, now, summary_line, write_resul
 from legr_edge.device.timing import TimingStats, measure
 from legr_edge.errors import LegrError
 from legr_edge.rundir import (EvalData, ModelRow, check_name, check_onnx, load_eval, load_models,
-                              read_run_config, resolve_inside)
+                              resolve_inside, run_summary)
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +123,15 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
     eval_data = load_eval(run)
     _check_writable(run, profile)
     backend_cls = get_backend(profile.backend)
-    backend_cls.check_available(profile)
+    unavailable = None
+    try:
+        backend_cls.check_available(profile)
+    except BackendUnavailable as e:  # every model is recorded as failed with this reason
+        log.error("%s", e)
+        unavailable = str(e)
     fingerprint = collect_fingerprint()
     ctx = ProfileContext(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
+    ctx.unavailable = unavailable
     records = previous_records(ctx)
     measured = []
     for row in _progress(selected):
@@ -175,10 +185,13 @@ class ProfileContext:
         self.device = short_device_name(fingerprint)
         self.host = fingerprint.get("host", "")
         self.digest = profile.digest()
-        self.run_config = read_run_config(run)
+        self.run_config = run_summary(run)
         self.json_path = run / f"latency_{profile.name}.json"
         self.csv_path = run / f"latency_{profile.name}.csv"
         self.cache_dir = run / "engines" / profile.name
+        self.unavailable: str | None = None  # why the backend cannot run here, if it cannot
+        from legr_edge.latency.table import predict_models  # RUN/latency_table_<profile>.json, if any
+        self.predicted = predict_models(run, profile.name, models)
 
 
 def _select(models: list[ModelRow], only: list[str] | None, run: Path) -> list[ModelRow]:
@@ -209,6 +222,8 @@ def profile_model(ctx: ProfileContext, row: ModelRow) -> dict[str, Any]:
     }
     backend = None
     try:
+        if ctx.unavailable:
+            raise RuntimeError(ctx.unavailable)
         onnx_path, digest = check_onnx(ctx.run, row)
         rec.update(onnx_file=str(onnx_path.relative_to(ctx.run)), onnx_sha256=digest)
         spec = _model_spec(ctx, row, onnx_path, digest)

@@ -41,7 +41,9 @@ from legr_edge.io import read_csv, sha256_file
 log = logging.getLogger(__name__)
 
 FLOPS_TABLE = "flops_table.csv"
-FLOPS_COLUMNS = ("name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path")
+FLOPS_REQUIRED = ("name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path")
+# latency columns (issue 8): written by search, empty without a latency table
+FLOPS_COLUMNS = FLOPS_REQUIRED + ("target_ms", "predicted_ms", "staircase_channels")
 MANIFEST = "onnx/manifest.json"
 MANIFEST_FORMAT = "legr_edge.onnx_manifest/1"
 EVAL_DATA = "data/eval.npz"
@@ -137,6 +139,12 @@ def read_run_config(run: Path, *, required: bool = False) -> Dict[str, Any]:
         return {}
 
 
+def run_summary(run: Path) -> Dict[str, Any]:
+    """model and dataset of the run, for reports (empty when config.json is unusable)."""
+    cfg = read_run_config(run)
+    return {k: cfg[k] for k in ("model", "dataset") if k in cfg}
+
+
 def read_arch_json(run: Path, name: str) -> Dict[str, Any]:
     """models/<name>/arch.json as data (layer shapes under "modules"); never imports anything."""
     path = model_dir(run, name) / ARCH
@@ -184,7 +192,8 @@ class ModelRow:
 
 # column -> (low, high) for the numeric columns; None = unbounded
 _NUMERIC = {"target": (0.0, 1.0), "macs": (0.0, None), "macs_ratio": (0.0, None),
-            "params": (0.0, None), "val_top1": (0.0, 100.0), "test_top1": (0.0, 100.0)}
+            "params": (0.0, None), "val_top1": (0.0, 100.0), "test_top1": (0.0, 100.0),
+            "target_ms": (0.0, None), "predicted_ms": (0.0, None)}
 
 
 def number(value: Any, where: str, low: Optional[float] = None, high: Optional[float] = None,
@@ -216,10 +225,10 @@ def read_flops_table(run: Path) -> List[Dict[str, str]]:
         raise LegrError(f"{path}: missing; is {run} a run directory? "
                         f"(python -m legr_edge.search writes {FLOPS_TABLE})")
     header, rows = read_csv(path, with_header=True)
-    missing = [c for c in FLOPS_COLUMNS if c not in header]
+    missing = [c for c in FLOPS_REQUIRED if c not in header]
     if missing:
         raise LegrError(f"{path}: missing column(s) {', '.join(missing)} "
-                        f"(needs {', '.join(FLOPS_COLUMNS)})")
+                        f"(needs {', '.join(FLOPS_REQUIRED)})")
     if not rows:
         raise LegrError(f"{path}: no models listed")
     seen = set()
@@ -308,6 +317,18 @@ def check_onnx(run: Path, row: ModelRow) -> Tuple[Path, str]:
         raise RuntimeError(f"{path}: sha256 {digest[:12]}... does not match manifest "
                            f"{want[:12]}... (file changed or truncated; re-export or re-copy)")
     return path, digest
+
+
+def verified_onnx(run: Path, name: str) -> Tuple[Path, str]:
+    """Path and sha256 of model ``name``'s ONNX, checked against the manifest; LegrError if not."""
+    entry = read_manifest(run).get(name)
+    if entry is None:
+        raise LegrError(f"{Path(run) / MANIFEST}: no {name!r} model (export the run first)")
+    row = ModelRow(name, None, None, None, None, None, None, f"models/{name}", entry)
+    try:
+        return check_onnx(Path(run), row)
+    except RuntimeError as e:
+        raise LegrError(str(e)) from None
 
 
 def opset_of(model: Any) -> int:

@@ -2,18 +2,23 @@
 
 Examples (from the repository root):
 
-    # the embedded default: digits (ships with the package) + CIFAR ResNet-20
+    # the embedded default: shapes (generated, no download) + CIFAR ResNet-20, < 10 min on 2 cores
     python -m legr_edge.search
-    # a seconds-long check of the whole pipeline
+    # a seconds-long check of the whole pipeline (digits, which ships with the package)
     python -m legr_edge.search --preset smoke --out runs/smoke
+    # the published method (raw L2 norms, group sum, accuracy after tau steps), to compare
+    python -m legr_edge.search --scoring paper --out runs/paper
     # CIFAR-10 from the python-pickle folder, a pretrained checkpoint, widths for TensorRT
     python -m legr_edge.search --model resnet56 --dataset cifar10 --data-dir ~/data/cifar-10-batches-py \\
         --checkpoint resnet56.pt --profile profiles/jetson-orin-nano.toml --preset paper
     # your own CNN: a factory function returning an nn.Module, plus its state_dict
     python -m legr_edge.search --model mypkg.nets:make_net --checkpoint net.pt --dataset imagefolder \\
         --data-dir ~/data/flowers
+    # latency targets: fractions of the dense network's latency predicted by the device's table
+    python -m legr_edge.search --out runs/r20-lat --checkpoint runs/resnet20-digits/models/dense/weights.pt \
+        --cost latency --latency-table runs/resnet20-digits/latency_table_cpu-ort.json --targets 0.7,0.5
     # continue an interrupted run
-    python -m legr_edge.search --out runs/resnet20-digits --resume
+    python -m legr_edge.search --out runs/resnet20-shapes --resume
 
 Writes into --out (default runs/<model>-<dataset>): config.json, ranking.json,
 search_log.csv, models/<name>/{arch.json,weights.pt,metrics.json}, flops_table.csv,
@@ -37,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="registered name (see --list-models) or package.module:factory; default resnet20")
     g.add_argument("--checkpoint", help="state_dict of the dense model; without it the model is trained first")
-    g.add_argument("--dataset", help="digits (default, embedded), shapes (generated), cifar10, cifar100, imagefolder")
+    g.add_argument("--dataset", help="shapes (default, generated), digits (embedded), cifar10, cifar100, imagefolder")
     g.add_argument("--data-dir", help="folder of cifar10/cifar100 (python pickle batches) or imagefolder (train/, val/)")
     g.add_argument("--input-size", type=_size, help="H,W (or one number) the model sees; default: the data "
                    "set's own size, for imagefolder the registered model's (224 for ImageNet models)")
@@ -55,17 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("pruning and search")
     g.add_argument("--targets", type=_floats, help="MAC fractions to keep, comma separated (0.8,0.6,0.5,0.4,0.3,0.2)")
     g.add_argument("--search-target", type=float, help="MAC fraction the ranking is learned at (smallest target)")
-    g.add_argument("--population", type=int, help="evolution population P")
-    g.add_argument("--sample", type=int, help="tournament sample S")
-    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included")
-    g.add_argument("--tau", type=int, help="fine-tune SGD steps per candidate before measuring fitness")
+    g.add_argument("--scoring", help="v2 (default: normalised scores, seeded search, recalibrated loss "
+                                     "fitness) or paper (the published method, for comparison)")
+    g.add_argument("--score-norm", help="per-layer normalisation of filter norms: zscore (default), mean, "
+                                        "lamp, none")
+    g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
+    g.add_argument("--no-seed-population", dest="seed_population", action="store_false",
+                   help="do not seed the search with the identity, paper raw-L2 and uniform rankings")
+    g.add_argument("--init-scale", type=float, help="std of log-alpha and kappa (in layer stds) of random "
+                                                    "initial members (0.5; paper 1.0)")
+    g.add_argument("--mutate-scale", type=float, help="the same for mutations (0.5; paper 1.0)")
+    g.add_argument("--population", type=int, help="evolution population P (32; paper 64)")
+    g.add_argument("--sample", type=int, help="tournament sample S (8; paper 16)")
+    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included (200; paper 400)")
+    g.add_argument("--recal-batches", type=int, help="training batches that re-estimate BatchNorm statistics "
+                                                     "before a candidate is scored (8; 0 = off)")
+    g.add_argument("--fitness-val-limit", type=int, help="validation images a candidate is scored on (5000; 0 = all)")
+    g.add_argument("--fitness-targets", type=_floats, help="score candidates at these MAC fractions and average "
+                                                           "(default: the search target)")
+    g.add_argument("--tau", type=int, help="SGD steps per candidate before scoring (0; paper 40)")
     g.add_argument("--tau-lr", type=float, help="learning rate of those steps (0.01)")
-    g.add_argument("--fitness", help="accuracy (default) or loss, on the validation split")
+    g.add_argument("--fitness", help="loss (default) or accuracy, on the fixed validation subset")
+    g.add_argument("--finalists", type=int, help="best candidates re-scored with the seeds on fresh batches (5)")
+    g.add_argument("--final-rounds", type=int, help="fresh recalibration draws of that re-scoring (3)")
     g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (default: the profile's)")
     g.add_argument("--profile", help="target device profile, a TOML path or a name in profiles/ (default cpu-ort); "
                                      "its round_to and opset are used unless given")
     g.add_argument("--min-fraction", type=float, help="per-layer floor as a share of its channels (0.1)")
     g.add_argument("--min-channels", type=int, help="per-layer floor in channels (2)")
+    g.add_argument("--cost", help="macs (default) or latency: what --targets are fractions of; latency "
+                                  "needs --latency-table")
+    g.add_argument("--latency-table", help="RUN/latency_table_<profile>.json built on the device by "
+                                           "python -m legr_edge.latency_table; with --cost macs it only "
+                                           "adds predicted latency to flops_table.csv")
+    g.add_argument("--targets-ms", type=_floats, help="absolute latency targets in ms (with --cost latency), "
+                                                      "instead of --targets")
+    g.add_argument("--no-staircase", dest="staircase", action="store_false",
+                   help="latency cost: do not widen groups where the table says a wider width costs the same")
     g.add_argument("--ignore-layers", type=_names, help="comma-separated module names never pruned")
     g = p.add_argument_group("family and export")
     g.add_argument("--finetune-epochs", type=int, help="fine-tune epochs of every family member")

@@ -142,6 +142,33 @@ def steps_per_epoch(data, batch_size: int) -> int:
 
 
 @torch.no_grad()
+def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``inputs`` (no gradients).
+
+    Pruning removes channels that fed the surviving ones, so the dense model's running
+    statistics are stale and accuracy right after pruning is near chance. The statistics
+    are reset and re-accumulated as a plain average over the given (already normalised)
+    batches; weights do not change. Leaves the model in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not inputs:
+        model.eval()
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None          # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data, info, device: torch.device,
              batch_size: int = 256) -> tuple[float, float]:
     """Top-1 accuracy in percent and mean cross-entropy over ``data``."""

@@ -3,7 +3,8 @@
 Stages, each resumable from the run directory:
 1. dense model: load ``--checkpoint`` or pretrain; saved as ``models/dense``;
 2. ranking: regularized evolution of per-layer (alpha, kappa) at the search target,
-   state saved after every candidate (``search_state.json``), result ``ranking.json``;
+   state saved after every candidate (``search_state.json``); the best few candidates
+   and the seeds are re-scored on fresh batches and the best mean wins (``ranking.json``);
 3. family: prune the dense model with the learned ranking at every target, fine-tune,
    evaluate (``models/<name>``, one ``metrics.json`` each when finished);
 4. reports: ``flops_table.csv`` + ``tradeoff_flops.png``; then ONNX export.
@@ -25,15 +26,17 @@ from tqdm.auto import tqdm
 from legr_edge import io, report
 from legr_edge.config import SearchConfig, member_name
 from legr_edge.errors import LegrError
-from legr_edge.evolution import EvolutionSettings, EvolutionState, evolve, load_state
+from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState, evolve, load_state
+from legr_edge.fitness import FitnessEvaluator, FitnessSettings
 from legr_edge.models import arch
 from legr_edge.models.registry import create_model
 from legr_edge.prune.coupling import build_coupling
 from legr_edge.prune.cost import build_cost_model, count_macs, count_params
-from legr_edge.prune.ranking import LayerScores, Pruner, base_scores
+from legr_edge.prune.ranking import Pruner
+from legr_edge.prune.scoring import LayerScores, base_scores, paper_transform, uniform_scores, uniform_transform
 from legr_edge.prune.surgery import prune_model
 from legr_edge.rundir import read_json_object
-from legr_edge.train import SGDSettings, evaluate, fit, train_steps
+from legr_edge.train import SGDSettings, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,22 @@ class Context:
     dense: nn.Module
     scores: LayerScores
     pruner: Pruner
+    latency: Any = None       # LatencyCostModel when a --latency-table is given
+    evaluators: dict[int, FitnessEvaluator] = dataclasses.field(default_factory=dict)
 
     @property
     def info(self):
         return self.data.info
+
+    def evaluator(self, round: int = 0) -> FitnessEvaluator:
+        """The fitness of recalibration draw ``round`` (built once: its batches are fixed)."""
+        if round not in self.evaluators:
+            c = self.cfg
+            settings = FitnessSettings(metric=c.fitness, recal_batches=c.recal_batches,
+                                       batch_size=c.batch_size, val_limit=c.fitness_val_limit,
+                                       tau=c.tau, tau_lr=c.tau_lr, seed=c.seed)
+            self.evaluators[round] = FitnessEvaluator(self.data, self.info, self.device, settings, round)
+        return self.evaluators[round]
 
 
 def run_search(cfg: SearchConfig, resume: bool) -> Path:
@@ -70,6 +85,8 @@ def run_search(cfg: SearchConfig, resume: bool) -> Path:
              cfg.model, dense_row["macs"] / 1e6, dense_row["params"], dense_row["val_top1"],
              dense_row["test_top1"], len(ctx.pruner.coupling.groups), len(ctx.scores.layer_names))
     alpha, kappa = search_ranking(ctx)
+    if ctx.latency is not None:
+        dense_row = {**dense_row, "predicted_ms": ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)}
     rows = [dense_row] + build_family(ctx, alpha, kappa)
     report.write_flops_table(run, rows)
     report.plot_tradeoff(run, rows, f"{cfg.model} on {cfg.dataset}: LeGR family")
@@ -136,6 +153,9 @@ def write_run_config(run: Path, cfg: SearchConfig) -> None:
 def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
     old = read_json_object(saved, "configuration of the run to resume")
     new = json.loads(json.dumps(cfg.to_dict()))
+    # a key added after the run was made (e.g. cost) counts as its default
+    defaults = json.loads(json.dumps(SearchConfig().to_dict()))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     diff = sorted(k for k in new if k not in RESUME_MAY_DIFFER and old.get(k) != new[k])
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
@@ -211,7 +231,7 @@ def _check_input(model: nn.Module, info) -> None:
 
 
 def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: float,
-                   dense_macs: int | None) -> dict[str, Any]:
+                   dense_macs: int | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate on test (once, for the report), save weights + arch + metrics."""
     info = data.info
     device = next(model.parameters()).device
@@ -219,7 +239,7 @@ def _finish_member(cfg, data, model, out: Path, name: str, target: float, val: f
     macs = count_macs(model, example_input(info, device))
     row = {"name": name, "target": target, "macs": macs,
            "macs_ratio": macs / (dense_macs or macs), "params": count_params(model),
-           "val_top1": val, "test_top1": test, "path": f"models/{name}"}
+           "val_top1": val, "test_top1": test, "path": f"models/{name}", **(extra or {})}
     arch.save_model(model, out, model_meta(cfg, info, name=name, target=target, macs=macs))
     io.write_json(out / "metrics.json", row)
     return row
@@ -229,8 +249,15 @@ def make_context(cfg, run, device, data, dense) -> Context:
     example = example_input(data.info, device)
     coupling = build_coupling(dense, example, cfg.ignore_layers)
     cost = build_cost_model(dense, example, coupling)
-    pruner = Pruner(coupling, cost, cfg.round_to, cfg.min_fraction, cfg.min_channels)
-    return Context(cfg, run, device, data, dense, base_scores(dense, coupling), pruner)
+    latency = None
+    if cfg.latency_table:
+        from legr_edge.device.profiles import load_profile
+        from legr_edge.prune.latency_cost import build_latency_cost, load_table
+        latency = build_latency_cost(cost, load_table(cfg.latency_table, load_profile(cfg.profile), cfg.model))
+    pruner = Pruner(coupling, latency if cfg.cost == "latency" else cost, cfg.round_to, cfg.min_fraction,
+                    cfg.min_channels)
+    scores = base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce)
+    return Context(cfg, run, device, data, dense, scores, pruner, latency)
 
 
 def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -244,9 +271,14 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         log.info("ranking: reusing %s (best fitness %.4f)", run / "ranking.json", ranking["best_fitness"])
         return (np.array([l["alpha"] for l in ranking["layers"]]),
                 np.array([l["kappa"] for l in ranking["layers"]]))
-    settings = EvolutionSettings(cfg.population, cfg.sample, cfg.candidates, 0.1, cfg.seed)
+    settings = EvolutionSettings(cfg.population, cfg.sample, cfg.candidates, 0.1, cfg.seed,
+                                 cfg.init_scale, cfg.mutate_scale, around_seeds=cfg.seed_population)
     state_path = run / "search_state.json"
-    state = load_state(state_path) if state_path.exists() else EvolutionState.fresh(settings, ctx.scores.sigma)
+    if state_path.exists():
+        state = load_state(state_path)
+    else:
+        seeds = seed_transforms(ctx) if cfg.seed_population else {}
+        state = EvolutionState.fresh(settings, ctx.scores.sigma, list(seeds.values()))
     if state.settings != settings:
         raise LegrError(f"{state_path} was made with other search settings; delete it or match them")
     rows = [_log_row(c, ctx.pruner.dense_macs) for c in state.history]
@@ -264,25 +296,65 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
                  cand.info["macs"] / 1e6, cand.info["macs"] / ctx.pruner.dense_macs,
                  cand.info["seconds"], best.fitness, best.index)
 
-    best = evolve(lambda k, a, kp: candidate_fitness(ctx, k, a, kp), state, state_path, record)
+    evolve(lambda k, a, kp: candidate_fitness(ctx, k, a, kp), state, state_path, record)
     bar.close()
-    write_ranking(ctx, best)
+    best, final = choose_final(ctx, state)
+    write_ranking(ctx, best, final)
     return np.asarray(best.alpha), np.asarray(best.kappa)
 
 
-def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray):
-    """Prune at the search target, fine-tune tau steps, measure on validation."""
-    cfg, start = ctx.cfg, time.perf_counter()
-    mask, macs = ctx.pruner.prune_to(ctx.scores.transformed(alpha, kappa), cfg.effective_search_target)
-    net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
-    settings = SGDSettings(lr=cfg.tau_lr, schedule="constant", batch_size=cfg.batch_size)
-    torch.manual_seed(cfg.seed * 1_000_003 + k)
-    if cfg.tau:
-        train_steps(net, ctx.data.train, ctx.info, cfg.tau, settings, ctx.device, cfg.seed * 1_000_003 + k)
-    top1, loss = evaluate(net, ctx.data.val, ctx.info, ctx.device)
-    fitness = top1 if cfg.fitness == "accuracy" else -loss
-    return fitness, {"val_top1": top1, "val_loss": loss, "macs": macs,
-                     "seconds": time.perf_counter() - start}
+def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The initial population's seeds: identity (normalised scores), the paper's raw-L2
+    ranking, and uniform pruning at the search target (per-group kappa offsets)."""
+    scores, pruner = ctx.scores, ctx.pruner
+    seeds = {"identity": scores.identity()}
+    if scores.norm != "lamp":
+        seeds["paper_l2"] = paper_transform(scores)
+    if scores.reduce == "mean":
+        group = pruner.coupling.group_of_channel
+        base = scores.transformed(*scores.identity())
+        mask, _ = pruner.prune_to(uniform_scores(base, group), ctx.cfg.effective_search_target)
+        counts = np.bincount(group[mask], minlength=len(pruner.coupling.groups))
+        seeds["uniform"] = uniform_transform(scores, pruner.coupling, counts)
+    return seeds
+
+
+def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray, round: int = 0):
+    """Prune at every fitness target, score each (see legr_edge.fitness), average."""
+    start = time.perf_counter()
+    scores = ctx.scores.transformed(alpha, kappa)
+    values, infos = [], []
+    for target in ctx.cfg.effective_fitness_targets:
+        mask, macs = ctx.pruner.prune_to(scores, target)
+        net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
+        value, info = ctx.evaluator(round)(net, k)
+        values.append(value)
+        infos.append(dict(info, macs=macs))
+    first = infos[0]  # the search target (or the first fitness target)
+    return float(np.mean(values)), {"val_top1": first["val_top1"], "val_loss": first["val_loss"],
+                                    "macs": first["macs"], "seconds": time.perf_counter() - start}
+
+
+def choose_final(ctx: Context, state: EvolutionState) -> tuple[Candidate, list[dict[str, Any]]]:
+    """Re-score the best ``finalists`` candidates and the seeds on ``final_rounds`` fresh
+    recalibration draws; the best MEAN wins, so one lucky evaluation cannot decide, and
+    the result is never worse than a seed by the fitness' own (re-scored) measure."""
+    cfg = ctx.cfg
+    if cfg.finalists == 0 or cfg.final_rounds == 0:
+        return state.best(), []
+    ranked = sorted(state.history, key=lambda c: (-c.fitness, c.index))
+    picks = {c.index: c for c in ranked[:cfg.finalists]}
+    picks.update({c.index: c for c in state.history[:len(state.seeds)]})
+    final = []
+    for cand in tqdm(picks.values(), desc="final", unit="cand", leave=False, disable=None):
+        alpha, kappa = np.asarray(cand.alpha), np.asarray(cand.kappa)
+        rescored = [candidate_fitness(ctx, cand.index, alpha, kappa, r)[0] for r in range(1, cfg.final_rounds + 1)]
+        final.append({"index": cand.index, "search_fitness": cand.fitness, "rescored": rescored,
+                      "mean": float(np.mean(rescored)), "seed": cand.index < len(state.seeds)})
+    winner = max(final, key=lambda f: (f["mean"], -f["index"]))
+    log.info("ranking: candidate #%d wins the re-scoring (mean fitness %.4f over %d draws; %d finalists)",
+             winner["index"], winner["mean"], cfg.final_rounds, len(final))
+    return state.history[winner["index"]], final
 
 
 def _log_row(cand, dense_macs: int) -> dict[str, Any]:
@@ -290,12 +362,14 @@ def _log_row(cand, dense_macs: int) -> dict[str, Any]:
             "macs_ratio": cand.info["macs"] / dense_macs}
 
 
-def write_ranking(ctx: Context, best) -> None:
+def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
     cfg = ctx.cfg
     io.write_json(ctx.run / "ranking.json", {
-        "format": "legr_edge.ranking/1", "model": cfg.model, "dataset": cfg.dataset,
+        "format": "legr_edge.ranking/2", "model": cfg.model, "dataset": cfg.dataset,
         "search_target": cfg.effective_search_target, "fitness_metric": cfg.fitness,
+        "scoring": cfg.scoring, "score_norm": cfg.score_norm, "group_reduce": cfg.group_reduce,
         "best_fitness": best.fitness, "best_index": best.index, "best_info": best.info,
+        "final": final,
         "layers": [{"name": n, "alpha": a, "kappa": k}
                    for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
         "settings": _ranking_settings(cfg),
@@ -304,9 +378,11 @@ def write_ranking(ctx: Context, best) -> None:
 
 
 def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
-    return {"population": cfg.population, "sample": cfg.sample, "candidates": cfg.candidates,
-            "tau": cfg.tau, "tau_lr": cfg.tau_lr, "round_to": cfg.round_to, "fitness": cfg.fitness,
-            "min_fraction": cfg.min_fraction, "min_channels": cfg.min_channels, "seed": cfg.seed}
+    keys = ("scoring", "score_norm", "group_reduce", "seed_population", "init_scale", "mutate_scale",
+            "population", "sample", "candidates", "recal_batches", "fitness_val_limit", "fitness_targets",
+            "tau", "tau_lr", "fitness", "finalists", "final_rounds", "round_to", "min_fraction",
+            "min_channels", "seed", "batch_size")
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
 
 
 def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dict[str, Any]]:
@@ -315,20 +391,51 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
     scores = ctx.scores.transformed(alpha, kappa)
     for target in tqdm(sorted(set(cfg.targets), reverse=True), desc="family", unit="model", leave=False,
                        disable=None):
-        name = member_name(target)
+        name = member_name(cfg, target)
         out = ctx.run / "models" / name
         if (out / "metrics.json").exists():
             rows.append(read_json_object(out / "metrics.json", f"metrics of {name}"))
             log.info("%s: already fine-tuned, reusing", name)
             continue
         mask, _ = ctx.pruner.prune_to(scores, target)
+        mask, extra = _latency_extras(ctx, name, target, scores, mask)
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
         torch.manual_seed(cfg.seed + 1)  # dropout and anything else on the global generator
         net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
                        ctx.device, cfg.seed + 1, f"finetune {name}")
-        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, ctx.pruner.dense_macs))
+        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, _dense_mac_count(ctx), extra))
         r = rows[-1]
         log.info("%s: %.2f MMACs (%.3f of dense), val top-1 %.2f, test top-1 %.2f",
                  name, r["macs"] / 1e6, r["macs_ratio"], r["val_top1"], r["test_top1"])
     return rows
+
+
+def _dense_mac_count(ctx: Context) -> int:
+    cost = ctx.pruner.cost
+    return int(getattr(cost, "base", cost).dense_macs(ctx.pruner.coupling.num_channels))
+
+
+def _latency_extras(ctx: Context, name: str, target: float, scores: np.ndarray,
+                    mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Latency cost: widen on the table's staircase, report an unreachable target; any table:
+    the member's predicted latency for flops_table.csv."""
+    if ctx.latency is None:
+        return mask, {}
+    from legr_edge.prune.latency_cost import staircase_widen, target_note
+
+    dense = ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)
+    extra: dict[str, Any] = {}
+    if ctx.cfg.cost == "latency":
+        note = target_note(name, target, ctx.latency.latency(mask), dense)
+        if note:
+            log.warning("%s", note)
+        before = ctx.latency.latency(mask)
+        if ctx.cfg.staircase:
+            mask, given = staircase_widen(ctx.pruner, scores, mask)
+            extra["staircase_channels"] = given
+            log.info("%s: staircase gives back %d channels (predicted %.4f -> %.4f ms)", name, given,
+                     before, ctx.latency.latency(mask))
+        extra["target_ms"] = target * dense
+    extra["predicted_ms"] = ctx.latency.latency(mask)
+    return mask, extra

@@ -1,13 +1,23 @@
-"""Shared fixtures: one small search run reused by several tests."""
+"""Shared fixtures: one small search run reused by several workstation tests.
+
+Nothing here imports torch at import time: ``pytest tests/device`` must run on a
+device (a Jetson) where only the torch-free half is installed.
+"""
 from __future__ import annotations
 
+import sys
+
 import pytest
-import torch
 
 from tests.helpers import TINY_SEARCH
 
-# Keep the suite predictable on 2 cores.
-torch.set_num_threads(2)
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    """Keep the suite predictable on 2 cores, where torch is in use at all."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

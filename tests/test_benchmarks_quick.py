@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import common
@@ -52,3 +53,32 @@ def test_round_to_recommendation_skips_settings_that_miss_targets():
            {"round_to": 16, "mean_lat_ratio": 0.40, "targets_met": 3, "models": 6}]
     assert recommend(per, tie=0.02)["round_to"] == 4
     assert recommend(per, tie=0.0)["round_to"] == 8
+
+
+def test_paired_confidence_interval():
+    from benchmarks.ranking_quality import paired, paired_ci
+    mean, lo, hi = paired_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and (lo, hi) == (pytest.approx(2.0 - 4.303 / 3 ** 0.5), pytest.approx(2.0 + 4.303 / 3 ** 0.5))
+    rows = [{"setting": "s", "target": 0.3, "method": m, "seed": seed, "test_top1": v, "recal_top1": v}
+            for m, vals in (("legr", (80, 82, 81)), ("uniform", (79, 80, 80)), ("l2", (70, 71, 72)))
+            for seed, v in enumerate(vals)]
+    [tuned, _] = paired(rows, ["legr", "uniform", "l2"])
+    assert tuned["versus"] == "uniform" and tuned["diff_mean"] == pytest.approx(4 / 3) and tuned["n"] == 3
+
+
+def test_latency_targets_quick_mode_end_to_end(tmp_path, monkeypatch):
+    """The --quick benchmark, shrunk further (one target, a 2-width table, one round)."""
+    from benchmarks import latency_targets
+
+    sections = []
+    monkeypatch.setattr(common, "update_results_md", lambda meta, body: sections.append(body))
+    args = ["--quick", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), "--targets", "0.5",
+            "--rounds", "1", "--min-seconds", "0.01", "--table-max-widths", "2", "--table-configs", "2",
+            "--table-layer-seconds", "0.001"]
+    assert latency_targets.main(args) == 0
+    rows = common.io.read_csv(tmp_path / "out" / "results.csv")
+    assert [r["name"] for r in rows] == ["dense", "legr_0.50", "lat_0.50"]
+    lat = rows[2]
+    assert float(lat["target_ms"]) > 0 and float(lat["measured_ms"]) > 0
+    assert float(lat["predicted_ms"]) <= float(lat["target_ms"]) * 1.01
+    assert "held-out median err" in sections[0] and (tmp_path / "out" / "latency_targets.png").is_file()

@@ -91,3 +91,56 @@ def test_bad_settings_and_corrupt_state(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(LegrError, match="corrupt"):
         load_state(bad)
+
+
+SEEDS = [(np.ones(10), np.zeros(10)), (np.full(10, 2.0), np.linspace(0, 1, 10)), (np.ones(10), TARGET.copy())]
+
+
+def test_seeds_open_the_initial_population_in_order():
+    settings = EvolutionSettings(population=6, sample=2, candidates=6, seed=0)
+    state = EvolutionState.fresh(settings, np.ones(10), SEEDS)
+    evolve(fitness, state)
+    for cand, (a, k) in zip(state.history, SEEDS):
+        assert cand.alpha == a.tolist() and cand.kappa == k.tolist()
+    # the seed that IS the hidden optimum wins, and the search cannot lose it
+    assert state.best().index == 2
+
+
+def test_random_members_around_seeds_stay_close_to_them():
+    settings = EvolutionSettings(population=40, sample=2, candidates=40, seed=0, init_scale=0.1,
+                                 around_seeds=True)
+    state = EvolutionState.fresh(settings, np.ones(10), SEEDS)
+    evolve(fitness, state)
+    for cand in state.history[3:]:
+        dist = min(np.abs(np.log(cand.alpha) - np.log(a)).max() + np.abs(np.asarray(cand.kappa) - k).max()
+                   for a, k in SEEDS)
+        assert dist < 1.0                 # 0.1-std perturbations of one seed, not exp(N(0, 1))
+    paper = EvolutionState.fresh(EvolutionSettings(population=40, sample=2, candidates=40, seed=0),
+                                 np.ones(10), SEEDS)
+    evolve(fitness, paper)
+    spread = [np.abs(np.log(c.alpha)).max() for c in paper.history[3:]]
+    assert np.median(spread) > 1.0       # the paper's scale: whole layers move by e-folds
+
+
+def test_resume_with_seeds_gives_same_result(tmp_path):
+    settings = EvolutionSettings(population=5, sample=2, candidates=15, seed=4, init_scale=0.3,
+                                 mutate_scale=0.3, around_seeds=True)
+    reference = evolve(fitness, EvolutionState.fresh(settings, np.ones(10), SEEDS))
+    path = tmp_path / "state.json"
+    calls = {"n": 0}
+
+    def flaky(k, alpha, kappa):
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside the initial population, after the seeds
+            raise KeyboardInterrupt
+        return fitness(k, alpha, kappa)
+
+    with pytest.raises(KeyboardInterrupt):
+        evolve(flaky, EvolutionState.fresh(settings, np.ones(10), SEEDS), path)
+    assert evolve(fitness, load_state(path), path) == reference
+
+
+def test_too_many_seeds_are_refused():
+    from legr_edge.errors import LegrError
+    with pytest.raises(LegrError, match="seed"):
+        EvolutionState.fresh(EvolutionSettings(population=2, sample=1, candidates=4), np.ones(10), SEEDS)

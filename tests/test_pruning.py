@@ -112,9 +112,9 @@ def test_transform_changes_which_layers_are_cut():
     alpha, kappa = ls.identity()
     mask_id, _ = pruner.prune_to(ls.transformed(alpha, kappa), 0.5)
     cut = next(l for l in range(len(alpha)) if not mask_id[ls.entry_chan[ls.entry_layer == l]].all())
-    alpha2 = alpha.copy()
-    alpha2[cut] = 100.0  # make that layer's filters precious
-    mask_2, _ = pruner.prune_to(ls.transformed(alpha2, kappa), 0.5)
+    kappa2 = kappa.copy()
+    kappa2[cut] = 10.0  # ten standard deviations up: that layer's filters become precious
+    mask_2, _ = pruner.prune_to(ls.transformed(alpha, kappa2), 0.5)
     chans = ls.entry_chan[ls.entry_layer == cut]
     assert mask_2[chans].sum() > mask_id[chans].sum()
 

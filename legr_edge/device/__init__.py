@@ -1,7 +1,10 @@
 """The device half: profile pruned models on the target and pick one (no torch needed).
 
-profiles     strict TOML device profiles (profiles/*.toml, built-in cpu-ort)
-backends     ONNX Runtime, TensorRT, torch eager behind one life cycle
+profiles     strict TOML device profiles (shipped: profiles/*.toml as package data)
+backends     ONNX Runtime, TensorRT (tensorrt_build: planning, tensorrt: GPU runtime,
+             cuda_api: cuda-python or pycuda), torch eager, behind one life cycle
+fp16         FP32 -> FP16 ONNX conversion on the device (TensorRT >= 11)
+onnx_info    opset, float type, Q/DQ of an ONNX file
 timing       the one trtexec-style timing loop and its statistics
 fingerprint  what machine (and power mode, clocks, versions) a number came from
 rundir       reading the run directory the workstation half wrote

@@ -2,8 +2,18 @@
 
 A latency number without its machine state is not reproducible: the same Orin gives
 different numbers in 15 W and MAXN mode, with and without jetson_clocks. Every probe
-is guarded; a probe that does not apply or fails is simply absent from the result.
+is guarded; a probe that does not apply or fails is simply absent from the result, and
+a file we may not read (the EMC clock under debugfs is root-only) is just absent too --
+it never takes the rest of its block with it.
 Library versions come from package metadata, so nothing (torch above all) is imported.
+
+Power modes are recorded by name: their numbers differ between boards and JetPack
+releases (on an Orin Nano with JetPack 6.2 mode 0 is 15 W and MAXN_SUPER is mode 2),
+so ``nvpmodel`` gives the current mode's name and id and /etc/nvpmodel.conf the table of
+all of them. ``jetson_clocks`` pins the GPU's devfreq minimum to its maximum; that is how
+it is recognised.
+
+All paths are read below :data:`SYSROOT` so tests can point it at a fake board.
 """
 from __future__ import annotations
 
@@ -21,8 +31,10 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12",
-             "pycuda", "torch", "matplotlib")
+             "tensorrt-cu12-bindings", "cuda-python", "cuda-bindings", "pycuda",
+             "onnxconverter-common", "torch", "matplotlib")
 _TIMEOUT_S = 5
+SYSROOT = Path("/")
 
 
 def collect_fingerprint() -> dict[str, Any]:
@@ -65,10 +77,12 @@ def _guard(probe: Callable[[], Any], key: str) -> Any:
 
 
 def _read(path: str) -> str | None:
-    p = Path(path)
-    if not p.is_file():
+    """Text of a file below SYSROOT, or None if missing, not a file or not readable."""
+    try:
+        data = (SYSROOT / path.lstrip("/")).read_bytes()
+    except OSError:  # ENOENT, EACCES/EPERM (debugfs), EISDIR, EINVAL (some sysfs nodes)
         return None
-    return p.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip() or None
+    return data.replace(b"\x00", b"").decode("utf-8", "replace").strip() or None
 
 
 def _run(*cmd: str) -> str | None:
@@ -139,6 +153,24 @@ def gpu_info() -> dict[str, Any]:
     if cuda:
         out["cuda_driver_api"] = cuda
     out.update(_pycuda_info())
+    out.update(_cuda_python_info())
+    return out
+
+
+def _cuda_python_info() -> dict[str, Any]:
+    """Only when cuda-python was already imported (by the TensorRT backend's check)."""
+    if not any(m in sys.modules for m in ("cuda.bindings.runtime", "cuda.cudart")):
+        return {}
+    from legr_edge.device.backends.cuda_api import CudaError, CudaPython
+    api = CudaPython()
+    out: dict[str, Any] = dict(api.versions())
+    try:
+        props = api.device_props()
+    except CudaError:
+        return out
+    out.setdefault("name", props.name)
+    out.update(compute_capability=props.compute_capability, sm_count=props.sm_count,
+               memory_mib=props.total_mem_mib)
     return out
 
 
@@ -163,6 +195,17 @@ def parse_tegra_release(text: str) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
+def parse_nvpmodel_conf(text: str) -> dict[str, str]:
+    """/etc/nvpmodel.conf -> {mode name: mode id}, e.g. {'15W': '0', 'MAXN_SUPER': '2'}."""
+    return {m.group(2): m.group(1) for m in re.finditer(
+        r"<\s*POWER_MODEL\s+ID\s*=\s*(\d+)\s+NAME\s*=\s*([^\s>]+)", text)}
+
+
+def device_tree_model() -> str | None:
+    """The board as the device tree names it ('NVIDIA Jetson AGX Orin Developer Kit')."""
+    return _read("/proc/device-tree/model")
+
+
 def parse_nvpmodel(text: str) -> dict[str, str]:
     """``nvpmodel -q`` -> {'mode_name': 'MAXN', 'mode_id': '0'}."""
     out = {}
@@ -176,9 +219,9 @@ def parse_nvpmodel(text: str) -> dict[str, str]:
 
 
 def jetson_info() -> dict[str, Any]:
-    """Board model, L4T release, power mode and GPU/EMC clocks where readable."""
+    """Board model, L4T release, power mode (by name), jetson_clocks and GPU/EMC clocks."""
     out: dict[str, Any] = {}
-    model = _read("/proc/device-tree/model")
+    model = device_tree_model()
     release = _read("/etc/nv_tegra_release")
     if not release and not (model and ("Jetson" in model or "NVIDIA" in model)):
         return {}
@@ -186,25 +229,55 @@ def jetson_info() -> dict[str, Any]:
         out["model"] = model
     if release:
         out["l4t"] = parse_tegra_release(release)
-    jetpack = _run("dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack")
-    if jetpack:
-        out["jetpack"] = jetpack.strip()
-    nv = _run("nvpmodel", "-q")
-    if nv:
-        out["nvpmodel"] = parse_nvpmodel(nv)
-    out["gpu_freq_hz"] = _devfreq_gpu()
-    emc = _read("/sys/kernel/debug/bpmp/debug/clk/emc/rate")  # root only
-    if emc:
-        out["emc_rate_hz"] = emc
+    for key, probe in (("jetpack", _jetpack_version), ("nvpmodel", _power_mode),
+                       ("gpu_devfreq", _devfreq_gpu), ("emc_rate_hz", _emc_rate)):
+        out[key] = _guard(probe, f"jetson.{key}")
+    out["jetson_clocks_active"] = jetson_clocks_active(out.get("gpu_devfreq") or {})
+    return {k: v for k, v in out.items() if v not in (None, {}, "")}
+
+
+def _jetpack_version() -> str | None:
+    text = _run("dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack")
+    return text.strip() if text else None
+
+
+def _power_mode() -> dict[str, Any]:
+    """Current mode's name and id (``nvpmodel -q``) and the board's table of modes."""
+    out: dict[str, Any] = {}
+    text = _run("nvpmodel", "-q")
+    if text:
+        out.update(parse_nvpmodel(text))
+    modes = parse_nvpmodel_conf(_read("/etc/nvpmodel.conf") or "")
+    if modes:
+        out["modes"] = modes
+        if "mode_id" in out and "mode_name" not in out:
+            out["mode_name"] = next((n for n, i in modes.items() if i == out["mode_id"]), None)
     return {k: v for k, v in out.items() if v}
 
 
+def _emc_rate() -> str | None:
+    return _read("/sys/kernel/debug/bpmp/debug/clk/emc/rate")  # root only: None otherwise
+
+
 def _devfreq_gpu() -> dict[str, str]:
+    """cur/min/max frequency and governor of the GPU's devfreq node(s)."""
     out = {}
-    for d in Path("/sys/class/devfreq").glob("*"):
+    for d in sorted((SYSROOT / "sys/class/devfreq").glob("*")):
         if "gpu" in d.name or "ga10b" in d.name or "gv11b" in d.name:
             for k in ("cur_freq", "max_freq", "min_freq", "governor"):
-                v = _read(str(d / k))
+                v = _read(f"/sys/class/devfreq/{d.name}/{k}")
                 if v:
                     out[f"{d.name}.{k}"] = v
     return out
+
+
+def jetson_clocks_active(devfreq: dict[str, str]) -> bool | None:
+    """True when every GPU devfreq node has min == max (what jetson_clocks sets)."""
+    nodes = {k.rsplit(".", 1)[0] for k in devfreq}
+    pinned = []
+    for n in nodes:
+        lo, hi = devfreq.get(f"{n}.min_freq"), devfreq.get(f"{n}.max_freq")
+        if lo is None or hi is None:
+            continue
+        pinned.append(lo == hi)
+    return all(pinned) if pinned else None

@@ -9,9 +9,12 @@ Parsing is strict on purpose: a typo such as ``min_iter = 50`` silently falling
 back to a default would give numbers nobody asked for. Every unknown key, wrong
 type or out-of-range value is a :class:`LegrError` naming the file and the key.
 
-Lookup of ``load_profile("cpu-ort")``: an existing path is read as is; a bare name
-resolves to ``profiles/<name>.toml`` relative to the current directory, then to a
-built-in copy of the CPU profile (so ``pip install``-ed copies work from anywhere).
+Lookup: ``load_profile("jetson-orin-nano")`` -- a bare name (no ``.toml``, no
+directory) -- is always one of the profiles shipped with the package (the top-level
+``profiles/`` folder of the repository, installed as package data ``legr_edge/profiles``
+and read through importlib.resources), so it means the same thing from any working
+directory. Anything else is a path and is read as is; a ``profiles/`` folder in the
+current directory never changes what a bare name means (pass its file as a path).
 """
 from __future__ import annotations
 
@@ -38,28 +41,44 @@ log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda")
+# latency: one inference in flight, enqueue + wait, as a synchronous application sees it.
+# throughput: two in flight (trtexec's default), the GPU never idles between inferences.
+TIMING_MODES = ("latency", "throughput")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# The CPU profile is also shipped inside the package so that `--profile cpu-ort`
-# works outside a source checkout. tests/device/test_profiles.py checks that it
-# parses to the same Profile as profiles/cpu-ort.toml.
-BUILTIN_PROFILES: dict[str, str] = {
-    "cpu-ort": """\
-description = "ONNX Runtime on the host CPU, FP32, batch 1 (built-in default)"
-backend = "onnxruntime"
-device = "cpu"
-precision = "fp32"
-providers = ["CPUExecutionProvider"]
-batch_sizes = [1]
-threads = 0
-warmup_s = 1.0
-min_iters = 100
-min_seconds = 3.0
-opset = 18
-round_to = 4
-""",
-}
+PACKAGED_DIR = "profiles"  # legr_edge/profiles in an installed package (setup.py maps it)
+
+
+def builtin_profiles_dir() -> Path | None:
+    """The folder of shipped profiles: package data when installed, else the checkout's.
+
+    Installed (wheel): ``legr_edge/profiles``, located through importlib.resources.
+    Source checkout or editable install: the repository's top-level ``profiles/``
+    (recognised by the ``setup.cfg`` beside it, so no unrelated folder is picked up).
+    """
+    packaged = _package_root() / PACKAGED_DIR
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.cfg").is_file() and (checkout / "profiles").is_dir():
+        return checkout / "profiles"
+    return None
+
+
+def _package_root() -> Path:
+    """The installed ``legr_edge`` package folder (importlib.resources.files on 3.9+)."""
+    if sys.version_info >= (3, 9):
+        from importlib.resources import files
+        return Path(str(files("legr_edge")))
+    import legr_edge  # 3.8: no files(); the package is a plain folder on disk
+    return Path(legr_edge.__file__).parent
+
+
+def builtin_profile_names() -> list[str]:
+    """Names accepted as a bare ``--profile NAME``."""
+    d = builtin_profiles_dir()
+    return sorted(p.stem for p in d.glob("*.toml")) if d else []
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class Profile:
     dla_core: int = -1
     opset: int = 18
     round_to: int = 1
+    timing_mode: str = "latency"
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +119,8 @@ class Profile:
         d = self.to_dict()
         for k in ("name", "description", "source"):
             d.pop(k)
+        if d["timing_mode"] == "latency":  # the default: digests of older results stay valid
+            d.pop("timing_mode")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -124,6 +146,7 @@ _KEY_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "dla_core": (int, "an integer"),
     "opset": (int, "an integer"),
     "round_to": (int, "an integer"),
+    "timing_mode": (str, "a string"),
 }
 _REQUIRED = ("backend", "precision")
 
@@ -144,29 +167,31 @@ def load_profile(path_or_name: str | os.PathLike) -> Profile:
 
 
 def available_profiles() -> list[str]:
-    """Names that :func:`load_profile` resolves from the current directory or built-ins."""
-    names = set(BUILTIN_PROFILES)
-    local = Path("profiles")
-    if local.is_dir():
-        names.update(p.stem for p in local.glob("*.toml"))
-    return sorted(names)
+    """Bare names :func:`load_profile` resolves (the shipped profiles)."""
+    return builtin_profile_names()
 
 
 def _find_profile_text(spec: str) -> tuple[str, str, str]:
-    """Return (toml text, source description, default name) for a path or name."""
+    """Return (toml text, source description, default name) for a name or a path."""
     p = Path(spec)
-    if p.is_file():
-        return p.read_text(encoding="utf-8"), str(p), p.stem
-    looks_like_path = p.suffix == ".toml" or os.sep in spec or "/" in spec
-    if not looks_like_path:
-        local = Path("profiles") / f"{spec}.toml"
-        if local.is_file():
-            return local.read_text(encoding="utf-8"), str(local), spec
-        if spec in BUILTIN_PROFILES:
-            return BUILTIN_PROFILES[spec], f"<built-in {spec}>", spec
-    raise LegrError(
-        f"profile {spec!r} not found (no such file, no profiles/{p.stem}.toml here, "
-        f"no built-in); available: {', '.join(available_profiles())}")
+    is_name = p.suffix != ".toml" and os.sep not in spec and "/" not in spec
+    if not is_name:
+        if p.is_file():
+            return p.read_text(encoding="utf-8"), str(p), p.stem
+        raise LegrError(f"profile file {spec!r} not found; shipped profiles (pass a bare "
+                        f"name): {', '.join(available_profiles()) or 'none found'}")
+    d = builtin_profiles_dir()
+    shipped = d / f"{spec}.toml" if d else None
+    stray = Path("profiles") / f"{spec}.toml"
+    if shipped is not None and shipped.is_file():
+        if stray.is_file() and stray.resolve() != shipped.resolve():
+            log.warning("profile %r: using the shipped profile %s, not %s in the current "
+                        "directory (pass --profile %s to use that file)", spec, shipped, stray,
+                        stray)
+        return shipped.read_text(encoding="utf-8"), f"<shipped {spec}>", spec
+    hint = f"; to use {stray} pass it as a path: --profile {stray}" if stray.is_file() else ""
+    raise LegrError(f"profile {spec!r} is not a shipped profile{hint}; shipped: "
+                    f"{', '.join(available_profiles()) or 'none found'}")
 
 
 def profile_from_dict(raw: Mapping[str, Any], *, source: str, default_name: str) -> Profile:
@@ -229,6 +254,8 @@ def _check_values(p: Profile, source: str) -> None:
         raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
     if p.device not in DEVICES:
         raise bad("device", f"must be one of {', '.join(DEVICES)}")
+    if p.timing_mode not in TIMING_MODES:
+        raise bad("timing_mode", f"must be one of {', '.join(TIMING_MODES)}")
     if any(b < 1 for b in p.batch_sizes) or len(set(p.batch_sizes)) != len(p.batch_sizes):
         raise bad("batch_sizes", "must be distinct positive integers")
     _check_ranges(p, bad)
@@ -272,6 +299,9 @@ def _check_backend_combination(p: Profile, bad) -> None:
             raise bad("dla_core", "DLA runs only fp16 or int8: set precision = \"fp16\"")
         if p.backend == "torch":
             raise bad("dla_core", "DLA is reachable only through TensorRT")
+    if p.timing_mode == "throughput" and p.backend != "tensorrt":
+        raise bad("timing_mode", "throughput mode (two inferences in flight) is implemented "
+                  "for backend 'tensorrt' only")
     if p.cuda_graphs and not p.uses_gpu:
         raise bad("cuda_graphs", "CUDA graphs need device = \"cuda\"")
 

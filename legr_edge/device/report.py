@@ -30,7 +30,8 @@ def _fmt(v: Any, spec: str) -> str:
 
 TABLE_COLUMNS = (("name", "name", "s"), ("batch_size", "bs", "s"), ("macs_ratio", "macs", ".3f"),
                  ("test_top1", "test%", ".2f"), ("deployed_top1", "deploy%", ".2f"),
-                 ("latency_ms_median", "med ms", ".3f"), ("latency_ms_p99", "p99 ms", ".3f"),
+                 ("latency_ms_median", "med ms", ".3f"), ("predicted_ms", "pred ms", ".3f"),
+                 ("latency_ms_p99", "p99 ms", ".3f"),
                  ("throughput_ips", "img/s", ".0f"), ("speedup", "speedup", ".2f"),
                  ("status", "status", "s"))
 

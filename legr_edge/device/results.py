@@ -26,7 +26,8 @@ CSV_COLUMNS = (
     "deployed_top1", "top1_drop", "batch_size",
     "latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90",
     "latency_ms_p95", "latency_ms_p99", "latency_ms_std", "latency_cv", "n_iters",
-    "throughput_ips", "speedup", "backend", "precision", "providers", "timing_source",
+    "throughput_ips", "speedup", "predicted_ms", "measured_over_predicted",  # from a latency table
+    "backend", "precision", "providers", "timing_source",
     "profile", "profile_sha256", "device", "host", "onnx_file", "onnx_sha256", "model_dir",
     "engine_path", "measured_at", "status", "error", "warnings",
 )
@@ -66,8 +67,16 @@ def csv_rows(ctx: "ProfileContext", records: Dict[str, Dict[str, Any]]) -> List[
                          "latency_ms_p99": s["p99"], "latency_ms_std": s["std"],
                          "latency_cv": s["cv"], "n_iters": s["n"],
                          "throughput_ips": s["throughput_ips"], "timing_source": b["source"],
-                         "speedup": ref / s["median"] if ref and s["median"] > 0 else None})
+                         "speedup": ref / s["median"] if ref and s["median"] > 0 else None,
+                         **_prediction(ctx, m.name, b["batch_size"], s["median"])})
     return rows
+
+
+def _prediction(ctx: "ProfileContext", name: str, batch: int, median: float) -> Dict[str, Any]:
+    pred = ctx.predicted.get(name)
+    if pred is None or pred[0] != batch:
+        return {}
+    return {"predicted_ms": pred[1], "measured_over_predicted": median / pred[1] if pred[1] > 0 else None}
 
 
 def _dense_medians(models: List[ModelRow], records: Dict[str, Dict[str, Any]]) -> Dict[int, float]:

@@ -1,10 +1,8 @@
-"""LeGR's global filter ranking: score, transform, and cut to a MAC target.
+"""Choosing: turn global channel scores into a keep-mask that meets a cost target.
 
-Each scored conv layer ``l`` has base scores ``s_i = ||theta_i||_2^2`` (squared L2 norm
-of each output filter's raw weights). A learned affine transform per layer,
-``I_i = alpha_l * s_i + kappa_l``, makes them comparable across layers; coupled channels
-(one global channel index) sum their members' transformed scores. Pruning to a target
-keeps the top-scored channels, found by binary search of one global threshold.
+The scores come from ``legr_edge.prune.scoring`` (per-layer normalised filter norms
+under LeGR's learned affine transform, one score per coupled channel). Pruning to a
+target keeps the top-scored channels, found by binary search of one global threshold.
 """
 from __future__ import annotations
 
@@ -12,54 +10,13 @@ import dataclasses
 import logging
 
 import numpy as np
-import torch.nn as nn
 
 from legr_edge.errors import LegrError
 from legr_edge.prune.coupling import Coupling
 from legr_edge.prune.cost import CostModel
+from legr_edge.prune.scoring import LayerScores, base_scores, within_group_ranks  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerScores:
-    """Base filter scores laid out for fast transformed-score computation."""
-
-    layer_names: tuple[str, ...]
-    entry_layer: np.ndarray    # layer index of each (layer, filter) entry
-    entry_score: np.ndarray    # s_i of that filter
-    entry_chan: np.ndarray     # global channel the filter belongs to
-    sigma: np.ndarray          # per-layer std of base scores (scale for kappa)
-    num_channels: int
-
-    def transformed(self, alpha: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-        """Global channel scores under per-layer ``alpha``/``kappa``."""
-        values = alpha[self.entry_layer] * self.entry_score + kappa[self.entry_layer]
-        return np.bincount(self.entry_chan, weights=values, minlength=self.num_channels)
-
-    def identity(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self.layer_names)
-        return np.ones(n), np.zeros(n)
-
-
-def base_scores(model: nn.Module, coupling: Coupling) -> LayerScores:
-    """Squared L2 norm of every scored conv filter, mapped to its global channel."""
-    modules = dict(model.named_modules())
-    layer_ids, scores, chans, sigma = [], [], [], []
-    out_members = {m.name: m for m in coupling.members() if m.is_out}
-    for li, name in enumerate(coupling.scored_layers):
-        member = out_members[name]
-        weight = modules[name].weight.detach().float().cpu()
-        s = weight.pow(2).flatten(1).sum(1).numpy()[member.idxs]
-        layer_ids.append(np.full(len(s), li))
-        scores.append(s.astype(np.float64))
-        chans.append(member.roots)
-        sigma.append(float(np.std(s)) if len(s) > 1 else 0.0)
-    return LayerScores(
-        layer_names=coupling.scored_layers, entry_layer=np.concatenate(layer_ids),
-        entry_score=np.concatenate(scores), entry_chan=np.concatenate(chans),
-        sigma=np.asarray(sigma), num_channels=coupling.num_channels,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,13 +144,3 @@ class Pruner:
         growing = (ranks >= counts[self._group]) & (ranks < counts[self._group] + self.round_to)
         np.maximum.at(best, self._group[growing], scores[growing])
         return sorted(np.flatnonzero(counts < self._sizes), key=lambda g: -best[g])
-
-
-def within_group_ranks(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Rank of each channel inside its group, 0 = highest score (ties by index)."""
-    order = np.lexsort((np.arange(len(scores)), -scores, group))
-    ranks = np.empty(len(scores), dtype=np.int64)
-    starts = np.searchsorted(group[order], group[order], side="left")
-    ranks[order] = np.arange(len(scores)) - starts
-    return ranks
-

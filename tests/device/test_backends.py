@@ -204,3 +204,36 @@ def test_failed_activation_cleans_up(run_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="engine build failed"):
         be.activate()
     assert Broken.cleaned and not be.active
+
+
+def test_fp16_conversion_keeps_float32_io_and_top1(run_dir: Path, tmp_path: Path) -> None:
+    """TensorRT 11 path: the converted ONNX is FP16 inside, FP32 at its edges, same predictions."""
+    from legr_edge.device.fp16 import convert_to_fp16, converter_available
+    if not converter_available():
+        pytest.skip("onnxconverter-common not installed (legr_edge[fp16])")
+    import onnx
+    dst = convert_to_fp16(run_dir / "onnx" / "dense.onnx", tmp_path / "dense.fp16.onnx")
+    assert inspect_onnx(dst).float_type == "fp16"
+    m = onnx.load(str(dst))
+    assert [v.type.tensor_type.elem_type for v in list(m.graph.input) + list(m.graph.output)] == [
+        onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    spec = ModelSpec("dense", dst, "0" * 64, input_shape=(3, HW, HW))
+    data = np.load(run_dir / "data" / "eval.npz")
+    x = preprocess(data["images"], data["mean"], data["std"])
+    ref = numpy_forward(load_weights(run_dir, "dense"), x)
+    with get_backend("onnxruntime")(spec, _profile_for("onnxruntime")) as be:
+        y = be.infer(x)
+    np.testing.assert_allclose(y, ref, atol=2e-2, rtol=2e-2)
+    assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_ir_version_too_new_is_one_clear_reason(run_dir: Path) -> None:
+    """An ONNX IR newer than this onnxruntime reads: the error names both versions and the fix."""
+    import onnx
+    path = run_dir / "onnx" / "dense.onnx"
+    m = onnx.load(str(path))
+    m.ir_version = 99
+    onnx.save(m, str(path))
+    spec = ModelSpec("dense", path, "0" * 64, input_shape=(3, HW, HW))
+    with pytest.raises(RuntimeError, match=r"reads ONNX IR version <= \d+, but dense.onnx is IR 99.*>= 1\.18"):
+        get_backend("onnxruntime")(spec, _profile_for("onnxruntime")).activate()

@@ -158,22 +158,47 @@ def test_bad_run_dir_is_one_clear_error(run_dir: Path, fast_profile: Path, caplo
     assert _snapshot(run_dir) == before  # nothing written or damaged
 
 
-def test_bad_profile_and_missing_tensorrt_are_clear_errors(run_dir: Path, tmp_path: Path,
-                                                           fast_profile: Path, caplog,
-                                                           monkeypatch) -> None:
+def test_bad_profile_and_unknown_model_are_clear_errors(run_dir: Path, tmp_path: Path,
+                                                       fast_profile: Path, caplog) -> None:
     bad = tmp_path / "typo.toml"
     bad.write_text(FAST_PROFILE + "min_iter = 5\n")
     before = _snapshot(run_dir)
     assert profile_cmd.main([str(run_dir), "--profile", str(bad)]) == 1
     assert "unknown key 'min_iter'" in caplog.text
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    caplog.clear()
-    assert profile_cmd.main([str(run_dir), "--profile", str(REPO / "profiles" / "jetson-orin-nano.toml")]) == 1
-    assert "legr_edge[trt]" in caplog.text and "cpu-ort" in caplog.text
     assert profile_cmd.main([str(run_dir), "--profile", str(fast_profile),
                              "--models", "nope"]) == 1
     assert "nope not in" in caplog.text
     assert _snapshot(run_dir) == before
+
+
+def _blocker(root: Path, *modules: str) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import <module>`` fail as if not installed."""
+    for m in modules:
+        (root / m).mkdir(parents=True)
+        (root / m / "__init__.py").write_text(f"raise ImportError('{m} is blocked in this test')\n")
+    return root
+
+
+def test_tensorrt_profile_without_tensorrt_from_outside_the_repo(run_dir: Path, tmp_path: Path) -> None:
+    """A shipped TensorRT profile by bare name, no TensorRT, cwd outside the checkout:
+    the profile is found, every row is failed with what to install, exit 0, no traceback."""
+    blocker = _blocker(tmp_path / "blocked", "tensorrt", "torch")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "profiles").mkdir(parents=True)  # a stray profiles/ must not matter
+    (elsewhere / "profiles" / "jetson-orin-nano.toml").write_text("garbage = \n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "legr_edge.profile", str(run_dir), "--profile",
+                        "jetson-orin-nano"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    rows = _rows(run_dir / "latency_jetson-orin-nano.csv")
+    assert [row["name"] for row in rows] == list(WIDTHS)
+    for row in rows:
+        assert row["status"] == "failed" and row["profile"] == "jetson-orin-nano"
+        assert "'tensorrt' cannot be imported" in row["error"] and "legr_edge[trt]" in row["error"]
+    report = json.loads((run_dir / "latency_jetson-orin-nano.json").read_text())
+    assert report["profile"]["source"] == "<shipped jetson-orin-nano>"
 
 
 def test_help_shows_examples(capsys) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from legr_edge.device.profiles import BUILTIN_PROFILES, Profile, load_profile
+from legr_edge.device import profiles as profiles_mod
+from legr_edge.device.profiles import Profile, available_profiles, load_profile
 from legr_edge.errors import LegrError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,21 +40,53 @@ def test_jetson_and_gpu_profiles_match_their_devices() -> None:
     assert by_name["jetson-agx-orin"].round_to == 32
 
 
-def test_builtin_cpu_profile_equals_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no profiles/ here: the bare name hits the built-in copy
-    builtin = load_profile("cpu-ort")
-    on_disk = load_profile(REPO / "profiles" / "cpu-ort.toml")
-    assert builtin.source.startswith("<built-in")
-    assert dataclasses.replace(builtin, source="") == dataclasses.replace(on_disk, source="")
-    assert set(BUILTIN_PROFILES) == {"cpu-ort"}
+@pytest.mark.parametrize("path", PROFILE_FILES, ids=lambda p: p.stem)
+def test_every_shipped_profile_loads_by_bare_name_from_anywhere(
+        path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the repository: no profiles/ here
+    by_name = load_profile(path.stem)
+    assert by_name.source == f"<shipped {path.stem}>"
+    assert dataclasses.replace(by_name, source="") == dataclasses.replace(load_profile(path), source="")
 
 
-def test_bare_name_prefers_profiles_dir_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stray_profiles_dir_in_cwd_does_not_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "cpu-ort.toml").write_text(MINIMAL + "round_to = 4\n")
+    (tmp_path / "profiles" / "cpu-ort.toml").write_text(MINIMAL + "round_to = 3\n")
+    (tmp_path / "profiles" / "mine.toml").write_text(MINIMAL)
     monkeypatch.chdir(tmp_path)
     p = load_profile("cpu-ort")
-    assert p.round_to == 4 and p.source == str(Path("profiles") / "cpu-ort.toml")
+    assert p.round_to == 4 and p.source == "<shipped cpu-ort>"  # the shipped one, not the stray
+    assert "not profiles/cpu-ort.toml" in caplog.text.replace(str(Path("profiles")) + "/", "profiles/")
+    assert load_profile("profiles/cpu-ort.toml").round_to == 3  # as a path it is read
+    with pytest.raises(LegrError, match="'mine' is not a shipped profile.*--profile profiles/mine.toml"):
+        load_profile("mine")
+
+
+def test_installed_package_data_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed wheel has legr_edge/profiles/*.toml; that folder is the one read."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "only-here.toml").write_text(MINIMAL)
+    monkeypatch.setattr(profiles_mod, "_package_root", lambda: tmp_path)
+    assert available_profiles() == ["only-here"]
+    assert load_profile("only-here").name == "only-here"
+
+
+def test_wheel_ships_every_profile(tmp_path: Path) -> None:
+    """setup.py maps the top-level profiles/ into the package: every file is in the wheel."""
+    import subprocess
+    import sys
+    import zipfile
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0 and ("No module named" in r.stderr or "bdist_wheel" in r.stderr):
+        pytest.skip("this environment cannot build wheels without build isolation (no `wheel` "
+                    "package); the main test environment checks the wheel")
+    assert r.returncode == 0, r.stderr
+    wheel = next(tmp_path.glob("legr_edge-*.whl"))
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("legr_edge/profiles/")}
+    assert shipped == {f"legr_edge/profiles/{p.name}" for p in PROFILE_FILES}
 
 
 def test_minimal_profile_gets_defaults(tmp_path: Path) -> None:
@@ -108,8 +141,21 @@ def test_invalid_toml_and_unknown_name(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(LegrError, match="not valid TOML"):
         _load_text(tmp_path, "backend = \n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(LegrError, match="not found.*available: cpu-ort"):
+    with pytest.raises(LegrError, match="not a shipped profile.*shipped: cpu-ort, gpu-trt-fp16"):
         load_profile("no-such-device")
+    with pytest.raises(LegrError, match="profile file 'nope.toml' not found"):
+        load_profile("nope.toml")
+
+
+def test_timing_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(LegrError, match="'timing_mode'.*latency, throughput"):
+        _load_text(tmp_path, MINIMAL + 'timing_mode = "fast"\n')
+    with pytest.raises(LegrError, match="'timing_mode'.*tensorrt"):
+        _load_text(tmp_path, MINIMAL + 'timing_mode = "throughput"\n')
+    base = _load_text(tmp_path, MINIMAL)
+    assert base.timing_mode == "latency"
+    trt = load_profile("gpu-trt-fp16")
+    assert dataclasses.replace(trt, timing_mode="throughput").digest() != trt.digest()
 
 
 def test_digest_ignores_description_but_not_settings(tmp_path: Path) -> None:

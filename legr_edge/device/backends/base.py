@@ -58,7 +58,7 @@ class Backend:
     # ----- availability ---------------------------------------------------------
     @classmethod
     def check_available(cls, profile: Profile) -> None:
-        """Raise LegrError (what to install, which profile instead) if unusable here."""
+        """Raise BackendUnavailable (what to install, which profile instead) if unusable here."""
 
     # ----- life cycle -----------------------------------------------------------
     def activate(self) -> "Backend":
@@ -159,9 +159,17 @@ class Backend:
         return None
 
 
-def missing_dependency(package: str, profile: Profile, how: str) -> LegrError:
+class BackendUnavailable(LegrError):
+    """This profile's backend cannot run on this machine (missing package, driver, version).
+
+    Raised by :meth:`Backend.check_available` before any model is touched; the profile
+    command then records every model as failed with this message.
+    """
+
+
+def missing_dependency(package: str, profile: Profile, how: str) -> BackendUnavailable:
     """The one message shape for 'this backend cannot run here'."""
-    return LegrError(
+    return BackendUnavailable(
         f"profile {profile.name!r} needs backend {profile.backend!r}, but the Python package "
         f"{package!r} cannot be imported here. Install it with {how}, or profile on this "
         f"machine's CPU instead with --profile cpu-ort")

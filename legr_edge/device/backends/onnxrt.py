@@ -8,8 +8,9 @@ providers the profile asked for with ``session.get_providers()`` and say loudly
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -18,7 +19,9 @@ from legr_edge.device.profiles import GPU_PROVIDERS, Profile
 
 log = logging.getLogger(__name__)
 
-ProviderEntry = tuple[str, dict[str, str]]
+# typing.Tuple, not tuple[...]: a module-level alias is evaluated at run time, and
+# JetPack 5 runs Python 3.8, where tuple[...] is a TypeError.
+ProviderEntry = Tuple[str, Dict[str, str]]
 
 
 def provider_options(profile: Profile, input_name: str, input_shape: tuple[int, ...],
@@ -74,6 +77,18 @@ def fell_back(requested: list[str], actual: list[str]) -> list[str]:
     return [p for p in requested if p in GPU_PROVIDERS and p not in actual]
 
 
+def _explain_ir_version(error: Exception, path: Path, ort_version: str) -> Exception:
+    """ORT's 'Unsupported model IR version' as one line that says what to install."""
+    m = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", str(error))
+    if not m:
+        return error
+    return RuntimeError(
+        f"onnxruntime {ort_version} reads ONNX IR version <= {m.group(2)}, but {path.name} is IR "
+        f"{m.group(1)}: install a newer onnxruntime (`pip install -U \"legr_edge[ort]\"`; IR 10, "
+        f"which torch's exporter writes, needs onnxruntime >= 1.18, the last one for Python 3.8 "
+        f"is 1.19) or export the run with a lower IR version")
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime InferenceSession; host-timed (``step`` returns None)."""
 
@@ -108,9 +123,12 @@ class OnnxRuntimeBackend(Backend):
         available = set(ort.get_available_providers())
         usable = [(n, o) for n, o in requested if n in available] or [("CPUExecutionProvider", {})]
         self._ensure_cache_dir(usable)
-        self._session = ort.InferenceSession(str(self.spec.onnx_path), sess_options=so,
-                                             providers=[n for n, _ in usable],
-                                             provider_options=[o for _, o in usable])
+        try:
+            self._session = ort.InferenceSession(str(self.spec.onnx_path), sess_options=so,
+                                                 providers=[n for n, _ in usable],
+                                                 provider_options=[o for _, o in usable])
+        except Exception as e:
+            raise _explain_ir_version(e, self.spec.onnx_path, ort.__version__) from None
         self._requested = [n for n, _ in requested]
         self._actual = list(self._session.get_providers())
         lost = fell_back(self._requested, self._actual)

@@ -1,262 +1,133 @@
-"""TensorRT backend: build an engine from the ONNX file, time it with CUDA events.
+"""TensorRT backend, the GPU runtime half: load or build the engine, run and time it.
 
-Written against the TensorRT 10 Python API (Jetson Orin: JetPack 6 = TensorRT 10.3)
-and branches on the major version:
+Build decisions (version branches, flags, cache keys, the build itself) live in
+:mod:`.tensorrt_build`; CUDA calls go through :mod:`.cuda_api` (cuda-python, or pycuda
+where that is what the board has). One optimisation profile per batch size
+(min = opt = max); an execution context selects its batch size's profile.
 
-* TensorRT 8.x (JetPack 5): networks must be created with ``EXPLICIT_BATCH``.
-* TensorRT 10: weakly typed network; ``BuilderFlag.FP16`` / ``BuilderFlag.INT8``
-  enable reduced precision (INT8 without Q/DQ nodes is calibrated on eval images).
-* TensorRT 11+: the precision flags are gone. The network is created strongly
-  typed and the engine runs in the precision of the ONNX types; an FP32 ONNX with
-  an ``fp16`` profile gives an FP32 engine and a warning that says how to convert
-  (ModelOpt AutoCast) -- we never pretend it is FP16.
+What a timing sample measures (``info()["measures"]``, the profile's ``timing_mode``):
 
-One optimisation profile per batch size (min = opt = max), so each batch size gets
-tactics tuned for exactly that shape; contexts select their profile.
+* ``latency`` (default): one inference in flight. Host clock around one enqueue (or
+  CUDA graph launch) and the wait for it: what a synchronous application sees,
+  including the time the CPU needs to enqueue the kernels -- large on a slow ARM core
+  and what CUDA graphs cut. Input already on the GPU, no H2D/D2H copies.
+* ``throughput``: as trtexec does, the next inference is enqueued before the previous
+  one is waited for (two in flight on one stream), so the GPU never idles on the host.
+  Samples are CUDA-event times of each inference: GPU compute time; images/s follow.
 
-Engines and the timing cache live in ``RUN/engines/<profile>/`` and are reused when
-the cache key matches: ONNX sha256, TensorRT version, GPU name, precision and the
-build settings. The key logic is pure and unit-tested with a fake ``tensorrt``.
+Every ``execute_async_v3`` result is checked: False (a failed enqueue) raises instead of
+yielding a microsecond "latency". With ``cuda_graphs = true`` each context's enqueue is
+captured once (cuda-python only; pycuda cannot capture) and replayed; a failed capture
+is ended and discarded, and the results say whether graphs were used and why not.
 
-Timing: CUDA events recorded on our stream around ``execute_async_v3`` (or the
-captured CUDA graph), input already on the GPU -- GPU compute time as trtexec
-reports it, without host<->device copies.
-
-``tensorrt`` and ``pycuda`` are imported only inside this module's functions.
+``tensorrt`` and the CUDA binding are imported only inside this module's functions.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from legr_edge.device.backends.base import Backend, missing_dependency
+from legr_edge.device import fp16
+from legr_edge.device.backends.base import Backend, BackendUnavailable, missing_dependency
+from legr_edge.device.backends.cuda_api import CudaApi, capture_graph, load_cuda_api
+from legr_edge.device.backends.tensorrt_build import (  # noqa: F401 (re-exported)
+    BuildPlan, build_engine_bytes, check_opset, check_trt_version, device_identity,
+    engine_cache_key, engine_file, network_flag_bits, parse_version, plan_build,
+    timing_cache_file, timing_cache_key)
+from legr_edge.device.fingerprint import device_tree_model
 from legr_edge.device.onnx_info import inspect_onnx
 from legr_edge.device.profiles import Profile
-from legr_edge.errors import LegrError
 from legr_edge.io import write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
-TRT_HOW = ("`pip install legr_edge[trt]` (desktop/server GPU) or, on a Jetson, "
-           "JetPack's `python3-libnvinfer` plus `pip install pycuda`")
+TRT_HOW = ("`pip install legr_edge[trt]` (desktop/server GPU: tensorrt + cuda-python) or, on "
+           "a Jetson, JetPack's `python3-libnvinfer` plus `pip install legr_edge[jetson]` "
+           "(cuda-python; pycuda also works, without CUDA graphs)")
 CALIBRATION_IMAGES = 256
+MEASURES = {
+    "latency": "host latency: perf_counter around one enqueue (or CUDA graph launch) plus the "
+               "wait for it, one inference in flight, input already on the GPU (no H2D/D2H)",
+    "throughput": "GPU compute time: CUDA events around each inference while the next one is "
+                  "already enqueued (two in flight on one stream, as trtexec); no H2D/D2H",
+}
 
 
-# ----- pure logic (unit-tested with fakes) --------------------------------------------
-def parse_version(version: str) -> tuple[int, int, int]:
-    """'10.3.0.30' -> (10, 3, 0); missing parts are 0."""
-    parts = []
-    for p in str(version).split(".")[:3]:
-        m = re.match(r"\d+", p)  # leading digits: "0rc1" -> 0
-        parts.append(int(m.group()) if m else 0)
-    while len(parts) < 3:
-        parts.append(0)
-    return parts[0], parts[1], parts[2]
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """What to tell the builder, decided from TensorRT version, profile and ONNX types."""
-
-    trt_major: int
-    network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag member names
-    builder_flags: tuple[str, ...]  # BuilderFlag member names
-    calibrate: bool  # attach an INT8 entropy calibrator
-    precision: str  # what the engine will really compute in
-    notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def plan_build(trt_version: str, precision: str, onnx_float: str = "fp32",
-               has_qdq: bool = False, dla: bool = False) -> BuildPlan:
-    """Choose network/builder flags for a TensorRT version (see module doc)."""
-    major = parse_version(trt_version)[0]
-    fallback = ("GPU_FALLBACK",) if dla else ()
-    if major >= 11:
-        return _plan_strongly_typed(major, precision, onnx_float, has_qdq, fallback)
-    net = ("EXPLICIT_BATCH",) if major < 10 else ()
-    if precision == "fp16":
-        return BuildPlan(major, net, ("FP16",) + fallback, False, "fp16")
-    if precision == "int8":
-        # FP16 too, so layers without INT8 kernels fall back to FP16, not FP32.
-        return BuildPlan(major, net, ("INT8", "FP16") + fallback, not has_qdq, "int8")
-    return BuildPlan(major, net, fallback, False, "fp32")
-
-
-def _plan_strongly_typed(major: int, precision: str, onnx_float: str, has_qdq: bool,
-                         fallback: tuple[str, ...]) -> BuildPlan:
-    effective = "int8" if has_qdq else onnx_float
-    notes: list[str] = []
-    if precision != effective:
-        how = ("add Q/DQ nodes (explicit quantization, e.g. ModelOpt) to the ONNX"
-               if precision == "int8" else
-               "convert the ONNX first with ModelOpt AutoCast "
-               "(python -m modelopt.onnx.autocast --onnx_path model.onnx)")
-        notes.append(f"TensorRT {major} removed BuilderFlag.FP16/INT8: the strongly typed "
-                     f"engine follows the ONNX types and runs {effective}, not the profile's "
-                     f"{precision}; to get {precision}, {how}")
-    return BuildPlan(major, ("STRONGLY_TYPED",), fallback, False, effective, tuple(notes))
-
-
-def network_flag_bits(trt: Any, plan: BuildPlan) -> int:
-    """Bit mask for ``Builder.create_network``; a flag missing from this TensorRT is skipped.
-
-    TensorRT 11 makes strong typing the only mode; if a build no longer exposes
-    STRONGLY_TYPED, leaving it out gives the same network.
-    """
-    bits = 0
-    for name in plan.network_flags:
-        member = getattr(trt.NetworkDefinitionCreationFlag, name, None)
-        if member is None:
-            log.debug("NetworkDefinitionCreationFlag.%s not in TensorRT %s; skipped", name,
-                      plan.trt_major)
-            continue
-        bits |= 1 << int(member)
-    return bits
-
-
-def _key(fields_: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def engine_cache_key(onnx_sha256: str, trt_version: str, device_name: str, precision: str,
-                     batch_sizes: tuple[int, ...] = (1,), workspace_mib: int = 0,
-                     dla_core: int = -1) -> str:
-    """Key of a serialized engine: anything that makes an old engine wrong is in it."""
-    return _key({"onnx": onnx_sha256, "trt": trt_version, "device": device_name,
-                 "precision": precision, "batch_sizes": list(batch_sizes),
-                 "workspace_mib": workspace_mib, "dla_core": dla_core})
-
-
-def timing_cache_key(trt_version: str, device_name: str, precision: str) -> str:
-    """Key of the timing cache: shared by all models of a run on one device/version."""
-    return _key({"trt": trt_version, "device": device_name, "precision": precision})
-
-
-def engine_file(cache_dir: Path, model_name: str, key: str) -> Path:
-    return cache_dir / f"{model_name}.{key}.engine"
-
-
-def timing_cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f"timing.{key}.cache"
-
-
-def build_engine_bytes(trt: Any, logger: Any, onnx_bytes: bytes, plan: BuildPlan,
-                       profile: Profile, input_name: str, input_shape: tuple[int, ...],
-                       timing_cache: bytes | None,
-                       calibrator: Callable[[int], Any] | None = None) -> tuple[bytes, bytes]:
-    """Parse ONNX, configure and build. Returns (engine bytes, timing cache bytes)."""
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flag_bits(trt, plan))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT ONNX parser: {errors or 'unknown error'}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, profile.workspace_mib << 20)
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    if profile.dla_core >= 0:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = profile.dla_core
-    first = _add_batch_profiles(builder, config, profile.batch_sizes, input_name, input_shape)
-    if plan.calibrate:
-        if calibrator is None:
-            raise RuntimeError("INT8 without Q/DQ nodes needs calibration images (RUN/data/eval.npz)")
-        config.int8_calibrator = calibrator(profile.batch_sizes[0])
-        config.set_calibration_profile(first)
-    cache = config.create_timing_cache(timing_cache or b"")
-    config.set_timing_cache(cache, False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError("TensorRT engine build failed (run with -v for the builder log)")
-    return bytes(serialized), bytes(config.get_timing_cache().serialize())
-
-
-def _add_batch_profiles(builder: Any, config: Any, batch_sizes: tuple[int, ...],
-                        input_name: str, input_shape: tuple[int, ...]) -> Any:
-    """One optimisation profile per batch size, in profile order; returns the first."""
-    first = None
-    for b in batch_sizes:
-        shape = (b, *input_shape)
-        p = builder.create_optimization_profile()
-        p.set_shape(input_name, shape, shape, shape)
-        config.add_optimization_profile(p)
-        first = first if first is not None else p
-    return first
-
-
-# ----- imports ------------------------------------------------------------------------
-def _import_trt(profile: Profile) -> tuple[Any, Any]:
+def _import_trt(profile: Profile) -> Any:
     try:
         import tensorrt as trt
     except ImportError:
         raise missing_dependency("tensorrt", profile, TRT_HOW) from None
+    return trt
+
+
+def _import_cuda(profile: Profile) -> CudaApi:
     try:
-        import pycuda.driver as cuda
+        return load_cuda_api()
     except ImportError:
-        raise missing_dependency("pycuda", profile, TRT_HOW) from None
-    return trt, cuda
+        raise missing_dependency("cuda-python (or pycuda)", profile, TRT_HOW) from None
 
 
-# ----- the backend --------------------------------------------------------------------
 @dataclass
 class _Slot:
-    """Execution context and device buffers for one batch size."""
+    """Execution context, stream, events and buffers for one batch size."""
 
     context: Any
-    host_in: np.ndarray
-    host_out: np.ndarray
-    device: dict[str, Any]
+    stream: Any
+    events: List[Tuple[Any, Any]]  # (start, end) pairs: one per inference in flight
+    host: Dict[str, np.ndarray]
+    device: Dict[str, Any]
     graph: Any = None
+    in_flight: List[int] = field(default_factory=list)  # indices into events, oldest first
 
 
 class TensorRTBackend(Backend):
-    """TensorRT engine + pycuda buffers; ``step`` returns CUDA-event milliseconds."""
+    """TensorRT engine on the GPU; see the module docstring for what ``step`` measures."""
 
     name = "tensorrt"
 
     @classmethod
     def check_available(cls, profile: Profile) -> None:
-        _, cuda = _import_trt(profile)
+        trt = _import_trt(profile)
+        check_trt_version(trt.__version__, profile.name)
+        if parse_version(trt.__version__)[0] >= 11 and profile.precision == "fp16" \
+                and not fp16.converter_available():
+            raise BackendUnavailable(
+                f"profile {profile.name!r} asks for fp16; TensorRT {trt.__version__} has no FP16 "
+                f"builder flag, so the ONNX is converted to FP16 on this device, which needs "
+                f"onnxconverter-common: {fp16.HOW}")
+        cuda = _import_cuda(profile)
         try:
             cuda.init()
-            count = cuda.Device.count()
-        except Exception as e:  # driver missing / broken
-            raise LegrError(f"profile {profile.name!r}: CUDA driver not usable ({e}); "
-                            f"profile with --profile cpu-ort instead") from None
-        if count < 1:
-            raise LegrError(f"profile {profile.name!r} needs a CUDA GPU and none is visible; "
-                            f"profile with --profile cpu-ort instead")
+        except Exception as e:  # no driver, no device
+            raise BackendUnavailable(f"profile {profile.name!r}: CUDA is not usable here ({e}); "
+                                     f"profile with --profile cpu-ort instead") from None
+        finally:
+            cuda.close()
 
+    # ----- activate: engine ------------------------------------------------------------
     def activate_impl(self) -> None:
-        trt, cuda = _import_trt(self.profile)
-        self._trt, self._cuda = trt, cuda
-        cuda.init()
-        dev = cuda.Device(0)
-        self._cuda_ctx = dev.retain_primary_context()  # the context TensorRT's runtime uses too
-        self._cuda_ctx.push()
-        self._device_name = dev.name()
+        trt = self._trt = _import_trt(self.profile)
+        check_trt_version(trt.__version__, self.profile.name)
+        self._cuda = _import_cuda(self.profile)
+        self._cuda.init()
+        self._props = self._cuda.device_props()
+        self._device_name = device_identity(self._props.to_dict(), device_tree_model())
         self._logger = trt.Logger(trt.Logger.VERBOSE if log.isEnabledFor(logging.DEBUG)
                                   else trt.Logger.WARNING)
         info = inspect_onnx(self.spec.onnx_path)
+        check_opset(info.opset, trt.__version__)
         self._plan = plan_build(trt.__version__, self.profile.precision, info.float_type,
                                 info.has_qdq, self.profile.dla_core >= 0)
         for note in self._plan.notes:
             self.warn(note)
+        self._slots: Dict[int, _Slot] = {}
+        self._graph_problem: Optional[str] = None
         self._engine = self._load_or_build()
-        self._stream = cuda.Stream()
-        self._start, self._end = cuda.Event(), cuda.Event()
-        self._slots: dict[int, _Slot] = {}
         self._io = self._io_names()
 
     def _cache_dir(self) -> Path:
@@ -267,8 +138,7 @@ class TensorRTBackend(Backend):
 
     def _load_or_build(self) -> Any:
         """Deserialize a cached engine if its key matches, else build (and cache) one."""
-        trt = self._trt
-        p = self.profile
+        trt, p = self._trt, self.profile
         key = engine_cache_key(self.spec.onnx_sha256, trt.__version__, self._device_name,
                                self._plan.precision, p.batch_sizes, p.workspace_mib, p.dla_core)
         self._engine_path = engine_file(self._cache_dir(), self.spec.name, key)
@@ -286,32 +156,42 @@ class TensorRTBackend(Backend):
             raise RuntimeError("TensorRT could not deserialize the engine it just built")
         return engine
 
+    def _onnx_for_build(self) -> Path:
+        """The ONNX the parser reads: the run's file, or its FP16 conversion (TensorRT 11+)."""
+        if not self._plan.convert_fp16:
+            return self.spec.onnx_path
+        dst = self._cache_dir() / f"{self.spec.name}.{self.spec.onnx_sha256[:16]}.fp16.onnx"
+        if not dst.is_file():
+            fp16.convert_to_fp16(self.spec.onnx_path, dst)
+        return dst
+
     def _build(self, key: str) -> bytes:
         trt = self._trt
         tkey = timing_cache_key(trt.__version__, self._device_name, self._plan.precision)
         tpath = timing_cache_file(self._cache_dir(), tkey)
         old_cache = tpath.read_bytes() if tpath.is_file() else None
+        onnx_path = self._onnx_for_build()
         log.info("%s: building TensorRT %s engine (%s)...", self.spec.name, trt.__version__,
                  self._plan.precision)
         engine, cache = build_engine_bytes(
-            trt, self._logger, self.spec.onnx_path.read_bytes(), self._plan, self.profile,
+            trt, self._logger, onnx_path.read_bytes(), self._plan, self.profile,
             self.spec.input_name, self.spec.input_shape, old_cache, self._calibrator_factory())
         write_bytes(self._engine_path, engine)
         write_bytes(tpath, cache)
         write_json(self._engine_path.with_suffix(".json"), {
-            "key": key, "onnx_sha256": self.spec.onnx_sha256, "tensorrt": trt.__version__,
-            "device": self._device_name, "plan": self._plan.to_dict(),
-            "profile": self.profile.to_dict()})
+            "key": key, "onnx_sha256": self.spec.onnx_sha256, "onnx_built": onnx_path.name,
+            "tensorrt": trt.__version__, "device": self._device_name,
+            "plan": self._plan.to_dict(), "profile": self.profile.to_dict()})
         return engine
 
-    def _calibrator_factory(self) -> Callable[[int], Any] | None:
+    def _calibrator_factory(self) -> Optional[Callable[[int], Any]]:
         if not self._plan.calibrate or self.spec.calibration is None:
             return None
         data = np.ascontiguousarray(self.spec.calibration[:CALIBRATION_IMAGES], dtype=np.float32)
         cache = self._cache_dir() / f"{self.spec.name}.{self.spec.onnx_sha256[:16]}.calib"
         return lambda batch: _make_calibrator(self._trt, self._cuda, data, batch, cache)
 
-    def _io_names(self) -> tuple[str, str]:
+    def _io_names(self) -> Tuple[str, str]:
         trt, e = self._trt, self._engine
         names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
         inputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -320,137 +200,203 @@ class TensorRTBackend(Backend):
             raise RuntimeError(f"expected 1 input and >= 1 output, engine has {inputs} / {outputs}")
         return inputs[0], outputs[0]
 
+    # ----- contexts and buffers ------------------------------------------------------------
     def _slot(self, batch: int) -> _Slot:
-        """Context bound to this batch size's optimisation profile, with its buffers."""
+        """Context bound to this batch size's optimisation profile, with stream and buffers."""
         if batch in self._slots:
             return self._slots[batch]
         if batch not in self.profile.batch_sizes:
             raise ValueError(f"batch {batch} has no optimisation profile "
                              f"(profile batch_sizes: {list(self.profile.batch_sizes)})")
         trt, cuda, e = self._trt, self._cuda, self._engine
+        stream = cuda.stream()
         ctx = e.create_execution_context()
-        ctx.set_optimization_profile_async(self.profile.batch_sizes.index(batch), self._stream.handle)
-        in_name, out_name = self._io
-        ctx.set_input_shape(in_name, (batch, *self.spec.input_shape))
-        device, host = {}, {}
+        ctx.set_optimization_profile_async(self.profile.batch_sizes.index(batch),
+                                           cuda.stream_handle(stream))
+        ctx.set_input_shape(self._io[0], (batch,) + tuple(self.spec.input_shape))
+        slot = _Slot(ctx, stream, [(cuda.event(), cuda.event()) for _ in range(2)], {}, {})
+        self._slots[batch] = slot  # registered first: deactivate frees a half-made slot too
         for name in (e.get_tensor_name(i) for i in range(e.num_io_tensors)):
             shape = tuple(ctx.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(e.get_tensor_dtype(name)))
-            host[name] = cuda.pagelocked_empty(shape, dtype)
-            device[name] = cuda.mem_alloc(max(1, host[name].nbytes))
-            ctx.set_tensor_address(name, int(device[name]))
-        slot = _Slot(ctx, host[in_name], host[out_name], device)
-        self._slots[batch] = slot
+            slot.host[name] = cuda.host_empty(shape, np.dtype(trt.nptype(e.get_tensor_dtype(name))))
+            slot.device[name] = cuda.malloc(slot.host[name].nbytes)
+            ctx.set_tensor_address(name, cuda.pointer(slot.device[name]))
         return slot
+
+    def _execute(self, slot: _Slot) -> None:
+        """One enqueue of the context; TensorRT reports failure by returning False."""
+        if not slot.context.execute_async_v3(self._cuda.stream_handle(slot.stream)):
+            raise RuntimeError("execute_async_v3 returned False: TensorRT could not enqueue "
+                               "the inference (run with -v for its log)")
+
+    def _enqueue(self, slot: _Slot) -> None:
+        if slot.graph is not None:
+            self._cuda.launch(slot.graph, slot.stream)
+        else:
+            self._execute(slot)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         cuda = self._cuda
         slot = self._slot(x.shape[0])
+        self._drain(slot)
         in_name, out_name = self._io
-        slot.host_in[...] = x.astype(slot.host_in.dtype)
-        cuda.memcpy_htod_async(slot.device[in_name], slot.host_in, self._stream)
-        slot.context.execute_async_v3(self._stream.handle)
-        cuda.memcpy_dtoh_async(slot.host_out, slot.device[out_name], self._stream)
-        self._stream.synchronize()
-        return slot.host_out.astype(np.float32).reshape(x.shape[0], -1)
+        slot.host[in_name][...] = x.astype(slot.host[in_name].dtype)
+        cuda.htod_async(slot.device[in_name], slot.host[in_name], slot.stream)
+        self._execute(slot)
+        cuda.dtoh_async(slot.host[out_name], slot.device[out_name], slot.stream)
+        cuda.synchronize(slot.stream)
+        return slot.host[out_name].astype(np.float32).reshape(x.shape[0], -1)
 
+    # ----- timing --------------------------------------------------------------------------
     def prepare_impl(self, batch_size: int) -> None:
         slot = self._slot(batch_size)
-        in_name, _ = self._io
+        self._drain(slot)
+        in_name = self._io[0]
         rng = np.random.default_rng(0)
-        slot.host_in[...] = rng.standard_normal(slot.host_in.shape).astype(slot.host_in.dtype)
-        self._cuda.memcpy_htod_async(slot.device[in_name], slot.host_in, self._stream)
-        slot.context.execute_async_v3(self._stream.handle)  # first run does lazy setup
-        self._stream.synchronize()
+        slot.host[in_name][...] = rng.standard_normal(slot.host[in_name].shape)
+        self._cuda.htod_async(slot.device[in_name], slot.host[in_name], slot.stream)
+        self._execute(slot)  # the first run does lazy setup
+        self._cuda.synchronize(slot.stream)
         if self.profile.cuda_graphs and slot.graph is None:
-            slot.graph = self._capture(slot)
+            self._capture(slot)
         self._current = slot
+        if self.profile.timing_mode == "throughput":
+            self._launch_timed(slot)  # one in flight before the first step
 
-    def _capture(self, slot: _Slot) -> Any:
-        """Capture one enqueue into a CUDA graph; on failure warn and run without."""
-        try:
-            self._stream.begin_capture()
-            slot.context.execute_async_v3(self._stream.handle)
-            graph = self._stream.end_capture()
-            instance = graph.instantiate()
-            instance.launch(self._stream)  # one trial replay before trusting it for timing
-            self._stream.synchronize()
-            return instance
-        except Exception as e:
-            self.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); "
-                      "timing plain execute_async_v3 instead")
-            return None
+    def _capture(self, slot: _Slot) -> None:
+        """Capture the enqueue into a CUDA graph and replay it once; on failure say why."""
+        cuda = self._cuda
+        graph, why = capture_graph(cuda, slot.stream, lambda: slot.context.execute_async_v3(
+            cuda.stream_handle(slot.stream)))
+        if graph is not None:
+            try:
+                cuda.launch(graph, slot.stream)  # one trial replay before trusting it for timing
+                cuda.synchronize(slot.stream)
+                slot.graph = graph
+                return
+            except Exception as e:
+                cuda.destroy_graph_exec(graph)
+                why = f"the trial replay failed: {type(e).__name__}: {e}"
+        if self._graph_problem is None:
+            self._graph_problem = why
+            self.warn(f"cuda_graphs = true but CUDA graphs are NOT used: {why}; "
+                      f"timing plain execute_async_v3 instead")
 
-    def step_impl(self) -> float | None:
+    def _launch_timed(self, slot: _Slot) -> None:
+        free = next(i for i in range(len(slot.events)) if i not in slot.in_flight)
+        start, end = slot.events[free]
+        self._cuda.record(start, slot.stream)
+        self._enqueue(slot)
+        self._cuda.record(end, slot.stream)
+        slot.in_flight.append(free)
+
+    def _drain(self, slot: _Slot) -> None:
+        """Wait for inferences still in flight (throughput mode) and forget them."""
+        if slot.in_flight:
+            self._cuda.synchronize(slot.stream)
+            slot.in_flight.clear()
+
+    def step_impl(self) -> Optional[float]:
         slot = self._current
-        self._start.record(self._stream)
-        if slot.graph is not None:
-            slot.graph.launch(self._stream)
-        else:
-            slot.context.execute_async_v3(self._stream.handle)
-        self._end.record(self._stream)
-        self._end.synchronize()
-        return self._start.time_till(self._end)
+        if self.profile.timing_mode == "throughput":
+            self._launch_timed(slot)  # now two in flight
+            start, end = slot.events[slot.in_flight.pop(0)]
+            return self._cuda.elapsed_ms(start, end)
+        self._enqueue(slot)
+        self._cuda.synchronize(slot.stream)
+        return None  # host-timed by the timing loop: enqueue + wait
 
+    # ----- deactivate and info -------------------------------------------------------------
     def deactivate_impl(self) -> None:
-        """Free in dependency order (graphs, contexts, buffers, engine), then pop the CUDA context."""
+        """Free in dependency order (graphs, contexts, buffers, engine), then release CUDA."""
+        cuda = getattr(self, "_cuda", None)
         try:
             for slot in getattr(self, "_slots", {}).values():
-                slot.graph = None
-                slot.context = None
-                for mem in slot.device.values():
-                    mem.free()
+                _free_slot(cuda, slot)
             self._slots = {}
             self._current = None
             self._engine = None
             self._runtime = None
-            self._stream = self._start = self._end = None
         finally:
-            if getattr(self, "_cuda_ctx", None) is not None:
-                self._cuda_ctx.pop()
-                self._cuda_ctx = None
+            if cuda is not None:
+                cuda.close()
 
     @property
-    def engine_path(self) -> Path | None:
+    def engine_path(self) -> Optional[Path]:
         return getattr(self, "_engine_path", None)
 
-    def info_impl(self) -> dict[str, Any]:
+    def info_impl(self) -> Dict[str, Any]:
         plan = getattr(self, "_plan", None)
+        cuda = getattr(self, "_cuda", None)
+        props = getattr(self, "_props", None)
         return {
             "precision": plan.precision if plan else self.profile.precision,
             "precision_requested": self.profile.precision,
             "providers": ["TensorRT"],
             "device_name": getattr(self, "_device_name", None),
+            "gpu": props.to_dict() if props else None,
             "engine_path": str(self.engine_path) if self.engine_path else None,
             "engine_reused": getattr(self, "_engine_reused", None),
             "build_plan": plan.to_dict() if plan else None,
-            "cuda_graphs": bool(self.profile.cuda_graphs and any(
-                s.graph is not None for s in getattr(self, "_slots", {}).values())),
-            "versions": {"tensorrt": getattr(getattr(self, "_trt", None), "__version__", None)},
-            "timing": "CUDA events around execute_async_v3 (GPU compute, no H2D/D2H)",
+            "onnx_converted_to_fp16": bool(plan and plan.convert_fp16),
+            "cuda_binding": cuda.name if cuda else None,
+            "cuda_graphs_requested": self.profile.cuda_graphs,
+            "cuda_graphs": any(s.graph is not None for s in getattr(self, "_slots", {}).values()),
+            "cuda_graphs_problem": getattr(self, "_graph_problem", None),
+            "versions": {"tensorrt": getattr(getattr(self, "_trt", None), "__version__", None),
+                         **(cuda.versions() if cuda and props else {})},
+            "timing_mode": self.profile.timing_mode,
+            "measures": MEASURES[self.profile.timing_mode],
+            "timing": MEASURES[self.profile.timing_mode],
         }
 
 
-def _make_calibrator(trt: Any, cuda: Any, data: np.ndarray, batch: int, cache: Path) -> Any:
+def _free_slot(cuda: Optional[CudaApi], slot: _Slot) -> None:
+    """Best effort: wait for the stream, then release graph, context and memory."""
+    if cuda is None:
+        return
+    try:
+        cuda.synchronize(slot.stream)
+    except Exception as e:
+        log.debug("stream sync at teardown: %s", e)
+    if slot.graph is not None:
+        cuda.destroy_graph_exec(slot.graph)
+        slot.graph = None
+    slot.context = None
+    for mem in slot.device.values():
+        cuda.free(mem)
+    for arr in slot.host.values():
+        cuda.free_host(arr)
+    for start, end in slot.events:
+        cuda.destroy_event(start)
+        cuda.destroy_event(end)
+    cuda.destroy_stream(slot.stream)
+    slot.device, slot.host, slot.events = {}, {}, []
+
+
+def _make_calibrator(trt: Any, cuda: CudaApi, data: np.ndarray, batch: int, cache: Path) -> Any:
     """INT8 entropy calibrator over preprocessed eval images (TensorRT < 11 only)."""
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self._next = 0
-            self._mem = cuda.mem_alloc(data[:batch].nbytes)
+            self._stream = cuda.stream()
+            self._mem = cuda.malloc(data[:batch].nbytes)
 
         def get_batch_size(self) -> int:
             return batch
 
-        def get_batch(self, names: list[str]) -> list[int] | None:
+        def get_batch(self, names: List[str]) -> Optional[List[int]]:
             if self._next + batch > len(data):
                 return None
-            cuda.memcpy_htod(self._mem, np.ascontiguousarray(data[self._next:self._next + batch]))
+            cuda.htod_async(self._mem, np.ascontiguousarray(data[self._next:self._next + batch]),
+                            self._stream)
+            cuda.synchronize(self._stream)
             self._next += batch
-            return [int(self._mem)]
+            return [cuda.pointer(self._mem)]
 
-        def read_calibration_cache(self) -> bytes | None:
+        def read_calibration_cache(self) -> Optional[bytes]:
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, blob: Any) -> None:
