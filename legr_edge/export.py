@@ -51,6 +51,8 @@ def export_run(run: str | Path, opset: int | None = None, profile: str | None = 
 
     LegrError (nothing changed in RUN) on bad input or when no model could be exported.
     """
+    import torch  # noqa: F401 -- first: without torch nothing here can run (run_cli names the install)
+
     from legr_edge.data.evalset import make_eval_data
 
     run = Path(run)

@@ -47,7 +47,7 @@ ARG_CASES = [
     ("opset-99", ["--opset", "99"], "--opset"),
     ("dataset-unknown", ["--dataset", "mnist9"], "unknown data set"),
     ("imagefolder-no-dir", ["--dataset", "imagefolder"], "imagefolder"),
-    ("profile-missing", ["--profile", "no-such-profile"], "not found"),
+    ("profile-missing", ["--profile", "no-such-profile"], "no-such-profile"),
 ]
 
 
