@@ -8,6 +8,8 @@ written to ``config.json`` in the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Any
 
 from legr_edge.errors import LegrError
@@ -65,6 +67,7 @@ class SearchConfig:
     latency_table: str | None = None     # RUN/latency_table_<profile>.json from the device
     targets_ms: tuple[float, ...] = ()   # absolute latency targets; converted into ``targets``
     staircase: bool = True               # latency cost: keep a wider width the device gives for free
+    input_size: tuple[int, int] | None = None  # (H, W); default: the data set's or the model's
 
     def __post_init__(self):
         for t in self.targets:
@@ -102,6 +105,7 @@ class SearchConfig:
                      "finalists", "final_rounds"):
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        _check_more(self)
 
     @property
     def effective_search_target(self) -> float:
@@ -204,3 +208,47 @@ def _fractions_of_dense(values: dict[str, Any]) -> tuple[float, ...]:
 def _check_fraction(value: float, name: str) -> None:
     if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise LegrError(f"{name} must be in (0, 1], got {value!r}")
+
+
+# package.module:factory, or a registered name (checked against the registry later)
+_MODEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _check_more(c: SearchConfig) -> None:
+    """Values that would otherwise train on NaN, collide on disk or fail deep in the run."""
+    if not isinstance(c.model, str) or not _MODEL_RE.match(c.model):
+        raise LegrError(f"--model {c.model!r}: expected a registered name (see --list-models) or "
+                        "package.module:factory")
+    for name in ("pretrain_lr", "tau_lr", "finetune_lr"):
+        v = getattr(c, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 10:
+            raise LegrError(f"--{name.replace('_', '-')} must be a finite number in (0, 10], got {v!r}")
+    if not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 31:
+        raise LegrError(f"--seed must be an integer in [0, 2**31), got {c.seed!r}")
+    if not isinstance(c.min_fraction, (int, float)) or not 0.0 <= c.min_fraction < 1.0:
+        raise LegrError(f"--min-fraction must be in [0, 1), got {c.min_fraction!r}")
+    if c.min_channels < 1:
+        raise LegrError(f"--min-channels must be >= 1, got {c.min_channels}")
+    names = [member_name(c, t) for t in c.targets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        same = [t for t in c.targets if member_name(c, t) in dupes]
+        raise LegrError(f"--targets {', '.join(map(str, same))} all become {', '.join(dupes)}; "
+                        "targets must differ in their second decimal")
+    if c.opset is not None and not 11 <= c.opset <= 23:
+        raise LegrError(f"--opset must be between 11 and 23, got {c.opset}")
+    if c.input_size is not None and (len(c.input_size) != 2 or min(c.input_size) < 1
+                                     or max(c.input_size) > 4096):
+        raise LegrError(f"--input-size must be H,W (or one number) between 1 and 4096, got {c.input_size!r}")
+
+
+def member_name(cfg: SearchConfig, target: float) -> str:
+    """legr_0.50 (MAC fraction), lat_0.50 (fraction of dense latency) or lat_1.2ms (--targets-ms):
+    the family member's name and folder (two targets that give one name are refused)."""
+    if cfg.cost != "latency":
+        return f"legr_{target:.2f}"
+    if cfg.targets_ms:
+        ms = dict(zip(cfg.targets, cfg.targets_ms)).get(target)
+        if ms is not None:
+            return f"lat_{ms:g}ms"
+    return f"lat_{target:.2f}"

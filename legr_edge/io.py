@@ -67,9 +67,31 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
     write_text(path, buf.getvalue())
 
 
-def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def read_csv(path: str | os.PathLike, *, with_header: bool = False) -> Any:
+    """Rows of a CSV file as dicts (and the header, if asked).
+
+    Unreadable, non-UTF-8 and malformed files (a field over csv's size limit, a NUL
+    byte) become one-line LegrErrors naming the file and line.
+    """
+    from legr_edge.errors import LegrError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise LegrError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise LegrError(f"{path}: not UTF-8 text (byte {e.start}); is this a CSV written by legr_edge?") from None
+    except csv.Error as e:
+        raise LegrError(f"{path}: malformed CSV ({e})") from None
+    except OSError as e:
+        raise LegrError(f"{path}: unreadable: {e.strerror or e}") from None
+    for i, row in enumerate(rows, start=2):
+        if None in row:  # more cells than header columns
+            raise LegrError(f"{path} line {i}: more cells than the header has columns")
+    return (header, rows) if with_header else rows
 
 
 def sha256_file(path: str | os.PathLike) -> str:

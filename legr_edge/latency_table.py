@@ -46,7 +46,7 @@ from legr_edge.cli import run_cli, setup_logging
 from legr_edge.device.backends import Backend, ModelSpec, get_backend
 from legr_edge.device.fingerprint import collect_fingerprint, short_device_name
 from legr_edge.device.profiles import Profile, load_profile
-from legr_edge.device.rundir import read_manifest, read_run_config
+from legr_edge.rundir import run_summary as read_run_config, verified_onnx
 from legr_edge.device.timing import measure
 from legr_edge.errors import LegrError
 from legr_edge.io import atomic_path, sha256_file, write_bytes, write_text
@@ -183,17 +183,7 @@ def _dense_path(run: Path, dense_onnx: Optional[Path]) -> Path:
         return dense_onnx
     if not run.is_dir():
         raise LegrError(f"{run}: not a directory (expected a run directory with onnx/manifest.json)")
-    entry = read_manifest(run).get("dense")
-    if entry is None:
-        raise LegrError(f"{run / 'onnx' / 'manifest.json'}: no 'dense' model (export the run first, "
-                        "or give --onnx)")
-    path = run / "onnx" / entry.get("file", "dense.onnx")
-    if not path.is_file():
-        raise LegrError(f"{path}: dense ONNX missing (re-export or re-copy the run)")
-    want = entry.get("sha256")
-    if want and sha256_file(path) != want:
-        raise LegrError(f"{path}: sha256 does not match onnx/manifest.json (file changed or truncated)")
-    return path
+    return verified_onnx(run, "dense")[0]  # the run-directory contract: confined, sha256 checked
 
 
 def layer_grids(dense: lg.DenseGraph, s: Settings) -> Dict[str, Dict[str, Any]]:

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from legr_edge.cli import run_cli, setup_logging
+from legr_edge.cli import EXIT_STATUS, run_cli, setup_logging
 from legr_edge.errors import LegrError
 from legr_edge.io import read_csv
+from legr_edge.rundir import NAME_RE, number, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Choice:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m legr_edge.pick", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m legr_edge.pick", description=__doc__, epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", type=Path, help="RUN/latency_<profile>.csv from legr_edge.profile")
     p.add_argument("--max-latency-ms", default=None, help="latency budget in ms (> 0)")
@@ -136,6 +137,9 @@ def load_table(path: Path) -> list[dict[str, str]]:
     if missing:
         raise LegrError(f"{path}: missing column(s) {', '.join(missing)}; "
                         "is this a latency_<profile>.csv from legr_edge.profile?")
+    for i, r in enumerate(rows, start=2):
+        if not NAME_RE.match(r.get("name") or ""):
+            raise LegrError(f"{path} line {i}: model name {r.get('name')!r} is not a plain name")
     return rows
 
 
@@ -148,8 +152,8 @@ def _float(v: str | None) -> float | None:
 
 
 def _batch_size(rows: list[dict[str, str]], wanted: str | None, path: Path) -> int:
-    sizes = sorted({int(float(r["batch_size"])) for r in rows
-                    if r.get("status") == "ok" and _float(r.get("batch_size")) is not None})
+    sizes = sorted({int(b) for b in (_float(r.get("batch_size")) for r in rows if r.get("status") == "ok")
+                    if b is not None and b >= 1 and b == int(b)})
     if not sizes:
         raise LegrError(f"{path}: no model with status=ok (see the error column)")
     if wanted is None:
@@ -164,15 +168,23 @@ def _batch_size(rows: list[dict[str, str]], wanted: str | None, path: Path) -> i
 
 
 def candidates(rows: list[dict[str, str]], batch: int, column: str) -> list[Candidate]:
-    """status=ok rows at ``batch`` with a latency and a deployed top-1."""
+    """status=ok rows at ``batch`` with a latency and a deployed top-1.
+
+    An ok row whose numbers are nonsense (NaN, a latency <= 0, a top-1 outside [0, 100])
+    is a LegrError: the table was damaged or edited, and no answer from it can be trusted.
+    """
     out = []
-    for r in rows:
+    for i, r in enumerate(rows, start=2):
         if r.get("status") != "ok" or _float(r.get("batch_size")) != batch:
             continue
-        lat, top1 = _float(r.get(column)), _float(r.get("deployed_top1"))
+        where = f"line {i} ({r.get('name')!r})"
+        lat = number(r.get(column), f"{where} column {column}", 0.0, None)
+        top1 = number(r.get("deployed_top1"), f"{where} column deployed_top1", 0.0, 100.0)
         if lat is None or top1 is None:
             log.warning("%s: no %s or deployed_top1; ignored", r.get("name"), column)
             continue
+        if lat <= 0:
+            raise LegrError(f"{where} column {column}: latency {lat} ms is not positive")
         out.append(Candidate(r["name"], top1, lat, r))
     return out
 
@@ -208,7 +220,8 @@ def nothing_fits_message(cands: list[Candidate], budget: float | None, floor: fl
 
 
 def _resolve(base: Path, rel: str | None) -> str | None:
-    return str(base / rel) if rel else None
+    """A path the table names, which must stay inside the run (the table's folder)."""
+    return str(resolve_inside(base, rel, f"{base} latency table")) if rel else None
 
 
 def _choice(c: Candidate, args: argparse.Namespace, batch: int, budget: float | None,

@@ -25,7 +25,9 @@ Writes, next to the flops table (each file replaced atomically):
     RUN/engines/<profile>/      TensorRT engines and timing cache (reused when still valid)
 
 Models already measured with the same ONNX sha256, the same profile settings and on
-the same host are skipped unless --force. A model that fails (missing or corrupt
+the same host are skipped unless --force. A measurement counts only when all its
+rounds are done: a run interrupted between rounds leaves those models' rows as
+status=incomplete (pick ignores them), and the next run measures them again. A model that fails (missing or corrupt
 ONNX, build or run error) gets status=failed and the reason in `error`; the others
 go on and the exit code stays 0. A backend that cannot run on this machine at all
 (TensorRT or CUDA missing, TensorRT older than 8.5) fails every model with that reason,
@@ -37,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
-import json
 import logging
 import math
 import sys
@@ -47,38 +47,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from legr_edge import __version__
-from legr_edge.cli import run_cli, setup_logging
+from legr_edge.cli import EXIT_STATUS, run_cli, setup_logging
 from legr_edge.device.backends import Backend, ModelSpec, get_backend
 from legr_edge.device.backends.base import BackendUnavailable
 from legr_edge.device.fingerprint import collect_fingerprint, short_device_name
 from legr_edge.device.onnx_info import inspect_onnx
 from legr_edge.device.profiles import Profile, load_profile
 from legr_edge.device.report import format_table, plot_tradeoff
-from legr_edge.device.rundir import (EvalData, ModelRow, check_onnx, load_eval, load_models,
-                                     read_run_config)
+from legr_edge.device.cache import previous_records, reusable
+from legr_edge.device.results import CSV_COLUMNS, now, summary_line, write_results  # noqa: F401 (pick's schema)
 from legr_edge.device.timing import TimingStats, measure
 from legr_edge.errors import LegrError
-from legr_edge.io import sha256_file, write_csv, write_text
+from legr_edge.rundir import (EvalData, ModelRow, check_name, check_onnx, load_eval, load_models,
+                              resolve_inside, run_summary)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROUNDS = 3
 
-CSV_COLUMNS = (
-    "name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1",
-    "deployed_top1", "top1_drop", "batch_size",
-    "latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90",
-    "latency_ms_p95", "latency_ms_p99", "latency_ms_std", "latency_cv", "n_iters",
-    "throughput_ips", "speedup", "predicted_ms", "measured_over_predicted",  # from a latency table
-    "backend", "precision", "providers", "timing_source",
-    "profile", "profile_sha256", "device", "host", "onnx_file", "onnx_sha256", "model_dir",
-    "engine_path", "measured_at", "status", "error", "warnings",
-)
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m legr_edge.profile", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m legr_edge.profile", description=__doc__, epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run directory (has flops_table.csv, onnx/, data/)")
     p.add_argument("--profile", default="cpu-ort",
@@ -90,6 +79,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="interleaved timing rounds (default %(default)s): every model is timed in each "
                         "round, round-robin, for min_seconds/rounds, and the samples are pooled, so "
                         "machine drift hits all models alike; 1 = one model after another")
+    p.add_argument("--trust-run-code", action="store_true",
+                   help="torch backend only: let a user model factory named in the run's arch.json be "
+                        "imported and run (never needed for registered models or ONNX backends)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT builder log too)")
     args = p.parse_args(argv)
     if args.rounds < 1:
@@ -100,8 +92,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    return run_cli(lambda: profile_run(args.run, args.profile, force=args.force,
-                                       only=_split(args.models), rounds=args.rounds))
+    def body() -> int:
+        from legr_edge.models.registry import trust_scope  # torch-free
+        with trust_scope(trust_all=args.trust_run_code):
+            return profile_run(args.run, args.profile, force=args.force, only=_split(args.models),
+                               rounds=args.rounds)
+    return run_cli(body)
 
 
 def _split(models: str | None) -> list[str] | None:
@@ -125,6 +121,7 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
     models = load_models(run)
     selected = _select(models, only, run)
     eval_data = load_eval(run)
+    _check_writable(run, profile)
     backend_cls = get_backend(profile.backend)
     unavailable = None
     try:
@@ -133,33 +130,43 @@ def profile_run(run: Path, profile_spec: str, *, force: bool = False,
         log.error("%s", e)
         unavailable = str(e)
     fingerprint = collect_fingerprint()
-    ctx = _Context(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
+    ctx = ProfileContext(run, profile, backend_cls, eval_data, fingerprint, models, rounds)
     ctx.unavailable = unavailable
-    records = _previous_records(ctx)
+    records = previous_records(ctx)
     measured = []
     for row in _progress(selected):
-        if not force and _reusable(records.get(row.name), ctx, row):
+        if not force and reusable(records.get(row.name), ctx, row):
             log.info("%s: already measured with this ONNX and profile; skipped (--force re-measures)",
                      row.name)
             continue
         records[row.name] = profile_model(ctx, row)
         measured.append(row)
-        _write_results(ctx, records)  # after every model: an interrupted run keeps its work
+        write_results(ctx, records)  # after every model: an interrupted run keeps its work
     for round_no in range(2, rounds + 1):
         for row in measured:
-            if records[row.name]["status"] == "ok":
-                time_again(ctx, row, records[row.name], round_no)
-        _write_results(ctx, records)
+            rec = records[row.name]
+            if rec["status"] == "ok" and rec["rounds_done"] == round_no - 1:
+                time_again(ctx, row, rec, round_no)
+        write_results(ctx, records)
     for row in measured:
         log.info("%s", summary_line(records[row.name], row))
-    rows = _write_results(ctx, records)
+    rows = write_results(ctx, records)
     plot_tradeoff(rows, run / f"latency_{profile.name}.png",
                   f"{ctx.run_config.get('model', run.name)} on {ctx.device} ({profile.name})")
     print(format_table(rows))
     return 0
 
 
-class _Context:
+def _check_writable(run: Path, profile: Profile) -> None:
+    """Results go into RUN (and engines into RUN/engines/<profile>, which must stay inside it)."""
+    import os
+    if not os.access(run, os.W_OK | os.X_OK):
+        raise LegrError(f"{run}: not writable; profile writes latency_{profile.name}.csv/.json there "
+                        "(copy the run to a writable place)")
+    resolve_inside(run, f"engines/{profile.name}", str(run))
+
+
+class ProfileContext:
     """Everything one profile run shares between models."""
 
     def __init__(self, run: Path, profile: Profile, backend_cls: type[Backend], eval_data: EvalData,
@@ -178,7 +185,7 @@ class _Context:
         self.device = short_device_name(fingerprint)
         self.host = fingerprint.get("host", "")
         self.digest = profile.digest()
-        self.run_config = read_run_config(run)
+        self.run_config = run_summary(run)
         self.json_path = run / f"latency_{profile.name}.json"
         self.csv_path = run / f"latency_{profile.name}.csv"
         self.cache_dir = run / "engines" / profile.name
@@ -190,6 +197,8 @@ class _Context:
 def _select(models: list[ModelRow], only: list[str] | None, run: Path) -> list[ModelRow]:
     if only is None:
         return models
+    for n in only:
+        check_name(n, "--models")
     known = {m.name for m in models}
     unknown = [n for n in only if n not in known]
     if unknown:
@@ -203,41 +212,13 @@ def _progress(rows: list[ModelRow]) -> Any:
     return tqdm(rows, desc="profile", unit="model", disable=None, file=sys.stderr)
 
 
-def _previous_records(ctx: _Context) -> dict[str, dict[str, Any]]:
-    """Records of an earlier run with the same profile settings (others are stale)."""
-    if not ctx.json_path.is_file():
-        return {}
-    try:
-        data = json.loads(ctx.json_path.read_text(encoding="utf-8"))
-        records = {r["name"]: r for r in data["models"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        log.warning("%s: unreadable (%s); measuring everything again", ctx.json_path, e)
-        return {}
-    if data.get("profile_sha256") != ctx.digest:
-        log.info("%s was measured with other profile settings; measuring again", ctx.json_path.name)
-        return {}
-    names = {m.name for m in ctx.models}
-    return {n: r for n, r in records.items() if n in names}
-
-
-def _reusable(prev: dict[str, Any] | None, ctx: _Context, row: ModelRow) -> bool:
-    if not prev or prev.get("status") != "ok" or prev.get("host") != ctx.host:
-        return False
-    if prev.get("rounds", 1) != ctx.rounds:
-        return False
-    if prev.get("profile_sha256") != ctx.digest or row.manifest is None:
-        return False
-    path = ctx.run / "onnx" / row.manifest.get("file", f"{row.name}.onnx")
-    return path.is_file() and sha256_file(path) == prev.get("onnx_sha256")
-
-
 # ----- one model ----------------------------------------------------------------------
-def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
+def profile_model(ctx: ProfileContext, row: ModelRow) -> dict[str, Any]:
     """Check, build, verify accuracy, time. Any non-LegrError failure is recorded, not raised."""
     rec: dict[str, Any] = {
         "name": row.name, "status": "failed", "error": "", "batches": [], "warnings": [],
         "profile_sha256": ctx.digest, "host": ctx.host, "device": ctx.device,
-        "model_dir": row.path, "measured_at": _now(), "rounds": ctx.rounds,
+        "model_dir": row.path, "measured_at": now(), "rounds": ctx.rounds,
     }
     backend = None
     try:
@@ -252,7 +233,7 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
             rec["eval_images"] = len(ctx.eval)
             rec["batches"] = [_time_batch(backend, ctx.round_timing, b, row.name)
                               for b in ctx.profile.batch_sizes]
-        rec["status"] = "ok"
+        rec["status"], rec["rounds_done"] = "ok", 1
     except LegrError:
         raise
     except Exception as e:
@@ -268,26 +249,28 @@ def profile_model(ctx: _Context, row: ModelRow) -> dict[str, Any]:
     return rec
 
 
-def time_again(ctx: _Context, row: ModelRow, rec: dict[str, Any], round_no: int) -> None:
+def time_again(ctx: ProfileContext, row: ModelRow, rec: dict[str, Any], round_no: int) -> None:
     """One more interleaved timing round for a model measured before; samples are pooled.
 
-    A failure here keeps the earlier rounds and is recorded as a warning.
+    A failure here keeps the earlier rounds, records a warning and leaves the model
+    incomplete (its rows say so; the next profile run measures it again).
     """
     try:
-        onnx_path = ctx.run / rec["onnx_file"]
+        onnx_path = resolve_inside(ctx.run, rec["onnx_file"], "onnx file")
         with ctx.backend_cls(_model_spec(ctx, row, onnx_path, rec["onnx_sha256"]), ctx.profile) as backend:
             for b in rec["batches"]:
                 more = _time_batch(backend, ctx.round_timing, b["batch_size"], row.name)
                 b["samples_ms"].extend(more["samples_ms"])
                 b["warmup_iters"] += more["warmup_iters"]
                 b["stats"] = TimingStats.from_samples(b["samples_ms"], b["batch_size"]).to_dict()
-    except Exception as e:  # keep what the earlier rounds measured
+        rec["rounds_done"] = round_no
+    except Exception as e:  # keep what the earlier rounds measured (the record stays incomplete)
         msg = f"timing round {round_no} failed: {type(e).__name__}: {e}"
         rec["warnings"].append(msg)
         log.warning("%s: %s", row.name, msg)
 
 
-def _model_spec(ctx: _Context, row: ModelRow, onnx_path: Path, digest: str) -> ModelSpec:
+def _model_spec(ctx: ProfileContext, row: ModelRow, onnx_path: Path, digest: str) -> ModelSpec:
     """ModelSpec from manifest + file; RuntimeError when the model cannot run on this profile."""
     info = inspect_onnx(onnx_path)
     if info.opset > ctx.profile.opset:
@@ -304,7 +287,7 @@ def _model_spec(ctx: _Context, row: ModelRow, onnx_path: Path, digest: str) -> M
     return ModelSpec(name=row.name, onnx_path=onnx_path, onnx_sha256=digest,
                      input_name=m.get("input_name", info.input_names[0] if info.input_names else "input"),
                      output_name=m.get("output_name", "logits"), input_shape=tuple(shape),
-                     model_dir=ctx.run / row.path, cache_dir=ctx.cache_dir, calibration=calib)
+                     model_dir=resolve_inside(ctx.run, row.path, "flops_table.csv path"), cache_dir=ctx.cache_dir, calibration=calib)
 
 
 def deployed_top1(backend: Backend, data: EvalData, batch: int) -> float:
@@ -330,105 +313,11 @@ def _time_batch(backend: Backend, profile: Profile, batch: int, name: str) -> di
             "warmup_iters": m.warmup_iters, "samples_ms": [round(v, 5) for v in m.samples_ms]}
 
 
-def summary_line(rec: dict[str, Any], row: ModelRow) -> str:
-    if rec["status"] != "ok":
-        return f"{rec['name']}: FAILED {rec['error']}"
-    parts = [f"{rec['name']}: top-1 {rec['deployed_top1']:.2f}% deployed"
-             + (f" ({row.test_top1:.2f}% in table)" if row.test_top1 is not None else "")]
-    for b in rec["batches"]:
-        s = b["stats"]
-        parts.append(f"bs{b['batch_size']} median {s['median']:.3f} ms p99 {s['p99']:.3f} ms "
-                     f"{s['throughput_ips']:.0f} img/s cv {s['cv']:.2f}")
-    return " | ".join(parts)
-
-
-# ----- outputs ------------------------------------------------------------------------
-def csv_rows(ctx: _Context, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model and batch size (one row per failed model), in flops-table order."""
-    dense = _dense_medians(ctx.models, records)
-    rows = []
-    for m in ctx.models:
-        rec = records.get(m.name)
-        if rec is None:
-            continue
-        base = _base_row(ctx, m, rec)
-        if rec["status"] != "ok":
-            rows.append(base)
-            continue
-        for b in rec["batches"]:
-            s = b["stats"]
-            ref = dense.get(b["batch_size"])
-            rows.append({**base, "batch_size": b["batch_size"], "latency_ms_median": s["median"],
-                         "latency_ms_mean": s["mean"], "latency_ms_min": s["min"],
-                         "latency_ms_p90": s["p90"], "latency_ms_p95": s["p95"],
-                         "latency_ms_p99": s["p99"], "latency_ms_std": s["std"],
-                         "latency_cv": s["cv"], "n_iters": s["n"],
-                         "throughput_ips": s["throughput_ips"], "timing_source": b["source"],
-                         "speedup": ref / s["median"] if ref and s["median"] > 0 else None,
-                         **_prediction(ctx, m.name, b["batch_size"], s["median"])})
-    return rows
-
-
-def _prediction(ctx: _Context, name: str, batch: int, median: float) -> dict[str, Any]:
-    pred = ctx.predicted.get(name)
-    if pred is None or pred[0] != batch:
-        return {}
-    return {"predicted_ms": pred[1], "measured_over_predicted": median / pred[1] if pred[1] > 0 else None}
-
-
-def _dense_medians(models: list[ModelRow], records: dict[str, dict[str, Any]]) -> dict[int, float]:
-    dense = next((m for m in models if m.is_dense), None) or next(
-        (m for m in models if m.target == 1.0), None)
-    rec = records.get(dense.name) if dense else None
-    if not rec or rec.get("status") != "ok":
-        log.warning("no successful measurement of the dense model: speedup left empty")
-        return {}
-    return {b["batch_size"]: b["stats"]["median"] for b in rec["batches"]}
-
-
-def _base_row(ctx: _Context, m: ModelRow, rec: dict[str, Any]) -> dict[str, Any]:
-    info = rec.get("info") or {}
-    deployed = rec.get("deployed_top1")
-    return {
-        "name": m.name, "target": m.target, "macs": m.macs, "macs_ratio": m.macs_ratio,
-        "params": m.params, "val_top1": m.val_top1, "test_top1": m.test_top1,
-        "deployed_top1": deployed,
-        "top1_drop": (m.test_top1 - deployed) if m.test_top1 is not None and deployed is not None else None,
-        "backend": ctx.profile.backend, "precision": info.get("precision", ctx.profile.precision),
-        "providers": ";".join(info.get("providers") or []), "profile": ctx.profile.name,
-        "profile_sha256": ctx.digest[:16], "device": rec.get("device", ctx.device),
-        "host": rec.get("host", ""), "onnx_file": rec.get("onnx_file"),
-        "onnx_sha256": rec.get("onnx_sha256"), "model_dir": rec.get("model_dir", m.path),
-        "engine_path": rec.get("engine_path"), "measured_at": rec.get("measured_at"),
-        "status": rec["status"], "error": rec.get("error") or None,
-        "warnings": " | ".join(rec.get("warnings") or []) or None,
-    }
-
-
-def _write_results(ctx: _Context, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    ordered = [records[m.name] for m in ctx.models if m.name in records]
-    rows = csv_rows(ctx, records)
-    report = {
-        "legr_edge_version": __version__, "updated_at": _now(), "run": ctx.run_config,
-        "profile": ctx.profile.to_dict(), "profile_sha256": ctx.digest, "device": ctx.device,
-        "fingerprint": ctx.fingerprint, "models": ordered,
-    }
-    # Compact on purpose: a fast GPU gives ~50k samples per batch size, which indented JSON
-    # would spread over 50k lines. `python -m json.tool` pretty-prints it for reading.
-    write_text(ctx.json_path, json.dumps(report, separators=(",", ":")) + "\n")
-    write_csv(ctx.csv_path, rows, CSV_COLUMNS)
-    return rows
-
-
 def _relative(path: Path, run: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(run.resolve()))
     except ValueError:
         return str(path)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 if __name__ == "__main__":

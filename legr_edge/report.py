@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from legr_edge import io
+from legr_edge.rundir import FLOPS_COLUMNS, FLOPS_TABLE  # the one definition of the table
 
 log = logging.getLogger(__name__)
 
-FLOPS_COLUMNS = ("name", "target", "macs", "macs_ratio", "params", "val_top1", "test_top1", "path",
-                 "target_ms", "predicted_ms", "staircase_channels")  # latency columns: empty without a table
 SEARCH_LOG_COLUMNS = ("index", "fitness", "val_top1", "val_loss", "macs", "macs_ratio", "seconds")
 
 
 def write_flops_table(run: Path, rows: Sequence[dict[str, Any]]) -> None:
-    io.write_csv(run / "flops_table.csv", rows, FLOPS_COLUMNS)
+    io.write_csv(run / FLOPS_TABLE, rows, FLOPS_COLUMNS)
 
 
 def format_flops_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -30,13 +30,13 @@ import argparse
 import logging
 from typing import Any
 
-from legr_edge.cli import run_cli, setup_logging
+from legr_edge.cli import EXIT_STATUS, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m legr_edge.search", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m legr_edge.search", description=__doc__, epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     g = p.add_argument_group("model and data")
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", help="state_dict of the dense model; without it the model is trained first")
     g.add_argument("--dataset", help="shapes (default, generated), digits (embedded), cifar10, cifar100, imagefolder")
     g.add_argument("--data-dir", help="folder of cifar10/cifar100 (python pickle batches) or imagefolder (train/, val/)")
+    g.add_argument("--input-size", type=_size, help="H,W (or one number) the model sees; default: the data "
+                   "set's own size, for imagefolder the registered model's (224 for ImageNet models)")
     g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation (0.1)")
     g.add_argument("--list-models", action="store_true", help="print the registered models and exit")
     g = p.add_argument_group("run")
@@ -110,6 +112,18 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W or one number, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected H,W or one number, got {text!r}")
+    return parts[0], parts[1]
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from legr_edge import io, report
-from legr_edge.config import SearchConfig
+from legr_edge.config import SearchConfig, member_name
 from legr_edge.errors import LegrError
 from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState, evolve, load_state
 from legr_edge.fitness import FitnessEvaluator, FitnessSettings
@@ -35,6 +35,7 @@ from legr_edge.prune.cost import build_cost_model, count_macs, count_params
 from legr_edge.prune.ranking import Pruner
 from legr_edge.prune.scoring import LayerScores, base_scores, paper_transform, uniform_scores, uniform_transform
 from legr_edge.prune.surgery import prune_model
+from legr_edge.rundir import read_json_object
 from legr_edge.train import SGDSettings, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,11 @@ class Context:
 
 
 def run_search(cfg: SearchConfig, resume: bool) -> Path:
-    run = prepare_run_dir(cfg, resume)
+    run = prepare_run_dir(cfg, resume)  # checks only: nothing is written before the input is valid
     device = pick_device(cfg.device)
     data = load_data(cfg)
+    check_model(cfg, data)
+    write_run_config(run, cfg)
     dense, dense_row = dense_model(cfg, data, run, device)
     ctx = make_context(cfg, run, device, data, dense)
     log.info("dense %s: %.2f MMACs, %d params, val top-1 %.2f, test top-1 %.2f; %d channel groups, %d scored layers",
@@ -96,25 +99,59 @@ def run_search(cfg: SearchConfig, resume: bool) -> Path:
 
 
 def prepare_run_dir(cfg: SearchConfig, resume: bool) -> Path:
+    """Check that --out can hold this run; writes nothing (see write_run_config)."""
     run = Path(cfg.run_dir)
     saved = run / "config.json"
+    if run.exists() and not run.is_dir():
+        raise LegrError(f"--out {run}: exists and is not a directory")
+    _check_writable(run)
     if saved.exists():
         if not resume:
             raise LegrError(f"{run} already holds a run (config.json); pass --resume to continue it "
                             "or choose another --out")
         _check_same_run(saved, cfg)
-    elif run.exists() and any(run.iterdir()) and not resume:
-        raise LegrError(f"{run} exists and is not empty; choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    io.write_json(saved, cfg.to_dict())
+    elif run.exists() and any(run.iterdir()):
+        raise LegrError(f"{run} is not empty and never held a run (no config.json); "
+                        + ("nothing to resume there; " if resume else "") + "choose another --out")
+    elif resume:
+        log.info("%s holds no run yet; starting a new one", run)
     return run
 
 
+def _check_writable(run: Path) -> None:
+    """--out (or its nearest existing parent) must be a writable directory."""
+    import os
+    probe = run
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LegrError(f"--out {run}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LegrError(f"--out {run}: {probe} is not writable")
+
+
+def check_model(cfg: SearchConfig, data) -> None:
+    """Build the dense model once and load --checkpoint before anything is written, so a bad
+    --model or checkpoint leaves --out untouched (and the corrected command is not refused)."""
+    from legr_edge.models.registry import trust_factory
+    if ":" in cfg.model:
+        trust_factory(cfg.model)  # named on the command line (--resume must name it again)
+    model = create_model(cfg.model, data.info.num_classes, data.info.in_chans)
+    _check_input(model, data.info)
+    if cfg.checkpoint:
+        arch.load_weights(model, cfg.checkpoint)
+
+
+def write_run_config(run: Path, cfg: SearchConfig) -> None:
+    """config.json of a new run; a resumed run keeps its own (it matched, see _check_same_run)."""
+    if (run / "config.json").exists():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    io.write_json(run / "config.json", cfg.to_dict())
+
+
 def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
-    try:
-        old = json.loads(saved.read_text())
-    except json.JSONDecodeError as e:
-        raise LegrError(f"{saved}: corrupt ({e})") from e
+    old = read_json_object(saved, "configuration of the run to resume")
     new = json.loads(json.dumps(cfg.to_dict()))
     # a key added after the run was made (e.g. cost) counts as its default
     defaults = json.loads(json.dumps(SearchConfig().to_dict()))
@@ -137,9 +174,19 @@ def load_data(cfg: SearchConfig):
     from legr_edge.data import load_dataset
     from legr_edge.models.registry import model_config
 
-    size = model_config(cfg.model).input_size[1:] if cfg.dataset == "imagefolder" else None
-    return load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=0,
-                        image_size=size)
+    size = cfg.input_size
+    registered = ":" not in cfg.model
+    if size is None and cfg.dataset == "imagefolder" and registered:
+        size = model_config(cfg.model).input_size[1:]
+    bundle = load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=0,
+                          image_size=size)
+    if cfg.dataset == "imagefolder" and registered:
+        # Folders of images have no statistics of their own: normalise as the model expects.
+        mc = model_config(cfg.model)
+        if len(mc.mean) == bundle.info.in_chans:
+            bundle = dataclasses.replace(bundle, info=dataclasses.replace(
+                bundle.info, mean=tuple(mc.mean), std=tuple(mc.std)))
+    return bundle
 
 
 def example_input(info, device: torch.device) -> torch.Tensor:
@@ -157,7 +204,7 @@ def dense_model(cfg: SearchConfig, data, run: Path, device: torch.device):
     info, out = data.info, run / "models" / "dense"
     if (out / "metrics.json").exists():
         log.info("dense model: reusing %s", out)
-        return arch.load_model(out, device), json.loads((out / "metrics.json").read_text())
+        return arch.load_model(out, device), read_json_object(out / "metrics.json", "dense model metrics")
     torch.manual_seed(cfg.seed)  # weight init draws from torch's global generator
     model = create_model(cfg.model, info.num_classes, info.in_chans)
     _check_input(model, info)
@@ -217,7 +264,7 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """Learn (alpha, kappa) by regularized evolution; resumes from search_state.json."""
     cfg, run = ctx.cfg, ctx.run
     if (run / "ranking.json").exists():
-        ranking = json.loads((run / "ranking.json").read_text())
+        ranking = read_json_object(run / "ranking.json", "learned ranking")
         if ranking["settings"] != _ranking_settings(cfg) or ranking["search_target"] != cfg.effective_search_target:
             raise LegrError(f"{run / 'ranking.json'} was learned with other settings "
                             f"({ranking['settings']}); delete it or use another --out")
@@ -348,7 +395,7 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
         name = member_name(cfg, target)
         out = ctx.run / "models" / name
         if (out / "metrics.json").exists():
-            rows.append(json.loads((out / "metrics.json").read_text()))
+            rows.append(read_json_object(out / "metrics.json", f"metrics of {name}"))
             log.info("%s: already fine-tuned, reusing", name)
             continue
         mask, _ = ctx.pruner.prune_to(scores, target)
@@ -363,17 +410,6 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
         log.info("%s: %.2f MMACs (%.3f of dense), val top-1 %.2f, test top-1 %.2f",
                  name, r["macs"] / 1e6, r["macs_ratio"], r["val_top1"], r["test_top1"])
     return rows
-
-
-def member_name(cfg: SearchConfig, target: float) -> str:
-    """legr_0.50 (MAC fraction), lat_0.50 (fraction of dense latency) or lat_1.2ms (--targets-ms)."""
-    if cfg.cost != "latency":
-        return f"legr_{target:.2f}"
-    if cfg.targets_ms:
-        ms = dict(zip(cfg.targets, cfg.targets_ms)).get(target)
-        if ms is not None:
-            return f"lat_{ms:g}ms"
-    return f"lat_{target:.2f}"
 
 
 def _dense_mac_count(ctx: Context) -> int:

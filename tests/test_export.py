@@ -70,7 +70,7 @@ def test_one_broken_model_does_not_stop_the_others(tiny_run, tmp_path):
 
 def test_bad_run_directory(tmp_path, caplog):
     assert main([str(tmp_path)]) == 1
-    assert "flops_table.csv: not found" in caplog.text
+    assert "flops_table.csv: missing" in caplog.text
 
 
 def test_export_with_random_images_and_dynamic_batch(tiny_run, tmp_path):

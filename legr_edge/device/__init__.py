@@ -7,6 +7,8 @@ fp16         FP32 -> FP16 ONNX conversion on the device (TensorRT >= 11)
 onnx_info    opset, float type, Q/DQ of an ONNX file
 timing       the one trtexec-style timing loop and its statistics
 fingerprint  what machine (and power mode, clocks, versions) a number came from
-rundir       reading the run directory the workstation half wrote
+cache        which earlier measurements profile may keep (complete, sane, same ONNX)
+results      the latency CSV schema (pick reads it) and the JSON report
 report       Pareto fronts, the printed table, the plot
+(rundir      moved to legr_edge.rundir, the run-directory contract both halves share)
 """

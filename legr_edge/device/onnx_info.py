@@ -12,6 +12,8 @@ from pathlib import Path
 
 import onnx
 
+from legr_edge.rundir import opset_of
+
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
@@ -31,7 +33,7 @@ def inspect_onnx(path: str | Path) -> OnnxInfo:
 
 
 def info_from_model(model: onnx.ModelProto) -> OnnxInfo:
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model)
     g = model.graph
     init_names = {i.name for i in g.initializer}
     fp16 = onnx.TensorProto.FLOAT16

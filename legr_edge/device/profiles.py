@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -152,7 +153,12 @@ _REQUIRED = ("backend", "precision")
 
 def load_profile(path_or_name: str | os.PathLike) -> Profile:
     """Load and validate a profile from a path or a bare name (see module doc)."""
-    text, source, stem = _find_profile_text(str(path_or_name))
+    try:
+        text, source, stem = _find_profile_text(str(path_or_name))
+    except UnicodeDecodeError as e:
+        raise LegrError(f"profile {path_or_name}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise LegrError(f"profile {path_or_name}: unreadable: {e.strerror or e}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -259,10 +265,12 @@ def _check_values(p: Profile, source: str) -> None:
 def _check_ranges(p: Profile, bad) -> None:
     if p.threads < 0:
         raise bad("threads", "must be >= 0 (0 = runtime default)")
-    if p.warmup_s < 0 or p.min_seconds < 0:
-        raise bad("warmup_s" if p.warmup_s < 0 else "min_seconds", "must be >= 0")
-    if p.min_iters < 1:
-        raise bad("min_iters", "must be >= 1")
+    for key in ("warmup_s", "min_seconds"):  # NaN/inf would time forever (or never)
+        v = getattr(p, key)
+        if not math.isfinite(v) or not 0 <= v <= 3600:
+            raise bad(key, "must be a finite number of seconds in [0, 3600]")
+    if not 1 <= p.min_iters <= 10_000_000:
+        raise bad("min_iters", "must be between 1 and 10000000")
     if p.workspace_mib < 1:
         raise bad("workspace_mib", "must be >= 1")
     if p.dla_core < -1:

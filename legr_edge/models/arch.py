@@ -62,27 +62,61 @@ def save_model(model: nn.Module, model_dir: str | os.PathLike, meta: dict[str, A
 
 
 def read_arch(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """arch.json of a saved model, checked as data (it is never executed)."""
+    from legr_edge.rundir import read_json_object
+
     path = Path(model_dir) / ARCH
-    try:
-        arch = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LegrError(f"{path}: no such file (not a legr_edge model directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LegrError(f"{path}: not valid JSON ({e})") from e
+    if not path.is_file():
+        raise LegrError(f"{path}: no such file (not a legr_edge model directory)")
+    arch = read_json_object(path, "architecture of a saved model")
     if arch.get("format") != ARCH_FORMAT:
         raise LegrError(f"{path}: format {arch.get('format')!r}, expected {ARCH_FORMAT!r}")
+    for key in ("num_classes", "in_chans"):
+        v = arch.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 100000):
+            raise LegrError(f"{path}: {key} must be a positive integer, got {v!r}")
+    if not isinstance(arch.get("modules"), dict) or not isinstance(arch.get("model"), str):
+        raise LegrError(f"{path}: needs 'model' (a name) and 'modules' (an object of layers)")
+    arch["_source"] = str(path)
     return arch
 
 
 def build_from_arch(arch: dict[str, Any]) -> nn.Module:
-    """Create the dense network named in ``arch`` and resize it to the recorded shapes."""
-    model = create_model(arch["model"], arch.get("num_classes"), arch.get("in_chans"))
+    """Create the dense network named in ``arch`` and resize it to the recorded shapes.
+
+    A user factory named in arch.json runs only if trusted (legr_edge.models.registry);
+    pruning only ever shrinks a layer, so no recorded size may exceed the dense one.
+    """
+    source = arch.get("_source", ARCH)
+    model = create_model(arch["model"], arch.get("num_classes"), arch.get("in_chans"), source=source)
     modules = dict(model.named_modules())
     for name, entry in arch["modules"].items():
         if name not in modules:
-            raise LegrError(f"arch.json names module {name!r} that model {arch['model']!r} does not have")
+            raise LegrError(f"{source}: names module {name!r} that model {arch['model']!r} does not have")
+        _check_entry(modules[name], name, entry, source)
         _resize(modules[name], entry)
     return model
+
+
+def _check_entry(mod: nn.Module, name: str, entry: Any, source: str) -> None:
+    """Only known shape attributes, as integers no larger than the dense module's."""
+    if not isinstance(entry, dict):
+        raise LegrError(f"{source}: modules[{name!r}] must be an object")
+    allowed = _ATTRS.get(type(mod), ())
+    for attr, value in (entry.get("attrs") or {}).items():
+        if attr not in allowed or not isinstance(value, int) or isinstance(value, bool) or not (
+                1 <= value <= getattr(mod, attr)):
+            raise LegrError(f"{source}: modules[{name!r}].attrs.{attr} = {value!r} is not a size "
+                            f"this {type(mod).__name__} may shrink to")
+    for key, shape in (entry.get("shapes") or {}).items():
+        tensor = getattr(mod, key, None)
+        if tensor is None:
+            continue
+        if (not isinstance(shape, list) or len(shape) != tensor.dim() or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= o
+                for d, o in zip(shape, tensor.shape))):
+            raise LegrError(f"{source}: modules[{name!r}].shapes.{key} = {shape!r} does not fit "
+                            f"the dense shape {list(tensor.shape)}")
 
 
 def load_model(model_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -116,6 +150,9 @@ def read_state_dict(path: str | os.PathLike, map_location="cpu") -> dict[str, to
         obj = obj.get("state_dict", obj.get("model", obj))
     if not _is_state_dict(obj):
         raise LegrError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
+    bad = next((k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise LegrError(f"{path}: tensor {bad!r} holds NaN or inf; refusing a broken checkpoint")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -4,14 +4,26 @@
 Each entry knows its default input size, mean/std and class count, so data loading
 and export read them from the model instead of repeating flags (timm's habit).
 A user's own network is named ``package.module:factory``; the factory is called
-with ``num_classes`` and ``in_chans`` when it accepts them.
+with ``num_classes`` and ``in_chans`` when it accepts them (by name or ``**kwargs``).
+
+Trust: importing a user factory runs its module's code. A name the user typed on the
+command line (``--model``) is trusted; a name read from a run directory (arch.json,
+config.json) is imported only if it is registered, or named again on the command
+line, or the user passes ``--trust-run-code`` (see README, "Threat model"). Such
+modules are imported from the current directory only when the user named them:
+``python -m`` puts the current directory first on ``sys.path``, and
+``legr_edge/__init__`` takes it off again so that no file in a run directory one
+happens to stand in can shadow a module.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
-from typing import Any, Callable
+import re
+import sys
+from typing import Any, Callable, Iterator, Sequence
 
 from legr_edge.errors import LegrError
 
@@ -59,19 +71,85 @@ def model_config(name: str) -> ModelConfig:
                     "(or a user factory as package.module:function)")
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None):
-    """Build the dense network ``name`` (registered, or ``package.module:factory``)."""
-    factory = _registry_factory(name) if ":" not in name else _import_factory(name)
-    kwargs: dict[str, Any] = {}
-    params = inspect.signature(factory).parameters
-    if num_classes is not None and "num_classes" in params:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None and "in_chans" in params:
-        kwargs["in_chans"] = in_chans
+# package.module:factory -- dotted identifiers, one colon, an identifier after it.
+FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_TRUSTED: set = set()  # user factory specs the user named on the command line
+_TRUST_ALL = [False]   # --trust-run-code
+
+
+def trust_factory(spec: str | None = None) -> None:
+    """Trust the user factory ``spec`` (named on the command line), or all (None)."""
+    if spec is None:
+        _TRUST_ALL[0] = True
+    else:
+        check_spec(spec)
+        _TRUSTED.add(spec)
+
+
+@contextlib.contextmanager
+def trust_scope(specs: Sequence[str] = (), trust_all: bool = False) -> Iterator[None]:
+    """Trust ``specs`` (or everything) for the duration of one command."""
+    saved = set(_TRUSTED), _TRUST_ALL[0]
     try:
-        return factory(**kwargs)
-    except Exception as e:  # a user's factory may fail in any way
-        raise LegrError(f"model factory {name!r} failed: {type(e).__name__}: {e}") from e
+        for spec in specs:
+            trust_factory(spec)
+        if trust_all:
+            trust_factory(None)
+        yield
+    finally:
+        _TRUSTED.clear()
+        _TRUSTED.update(saved[0])
+        _TRUST_ALL[0] = saved[1]
+
+
+def is_trusted(spec: str) -> bool:
+    return ":" not in spec or _TRUST_ALL[0] or spec in _TRUSTED
+
+
+def check_spec(spec: Any, where: str = "--model") -> str:
+    """A registered name or a well-formed ``package.module:factory``; else LegrError."""
+    if not isinstance(spec, str) or (":" in spec and not FACTORY_RE.match(spec)):
+        raise LegrError(f"{where}: {spec!r} is neither a registered model nor package.module:factory "
+                        "(dotted Python identifiers, one ':', a function name)")
+    if ":" not in spec:
+        model_config(spec)  # raises for unknown names
+    return spec
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, *,
+                 source: str | None = None):
+    """Build the dense network ``name`` (registered, or ``package.module:factory``).
+
+    ``source`` names the run file ``name`` was read from: a user factory from there
+    must have been trusted first (:func:`trust_factory`); without it the caller is the
+    user's own code or command line and ``name`` is trusted.
+    """
+    check_spec(name, source or "--model")
+    if ":" in name and source is not None and not is_trusted(name):
+        raise LegrError(
+            f"{source}: model {name!r} is user code that a run directory cannot make legr_edge run; "
+            f"if you trust it, name it on the command line (--model {name}) or pass --trust-run-code")
+    factory = _registry_factory(name) if ":" not in name else _import_factory(name)
+    kwargs = _factory_kwargs(factory, num_classes=num_classes, in_chans=in_chans)
+    try:
+        model = factory(**kwargs)
+    except (Exception, SystemExit) as e:  # a user's factory may fail in any way, sys.exit(0) too
+        raise LegrError(f"model factory {name!r} failed: {type(e).__name__}: {e}") from None
+    if not callable(getattr(model, "named_modules", None)):
+        raise LegrError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _factory_kwargs(factory: Callable[..., Any], **values: Any) -> dict[str, Any]:
+    """The given values the factory accepts: named parameters, or all of them with **kwargs."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: pass nothing
+        return {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in values.items()
+            if v is not None and (var_kw or (k in params and params[k].kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)))}
 
 
 def _registry_factory(name: str):
@@ -80,11 +158,24 @@ def _registry_factory(name: str):
 
 
 def _import_factory(spec: str):
+    """Import ``package.module`` of a trusted spec; the user's current directory is searched
+    for it (and only for it) because the user named it."""
+    import legr_edge
+
     module_name, _, attr = spec.partition(":")
+    cwd = getattr(legr_edge, "_REMOVED_CWD", None)
+    added = cwd is not None and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise LegrError(f"cannot import model module {module_name!r} from --model {spec!r}: {e}") from e
+    except (Exception, SystemExit) as e:  # ImportError, SyntaxError, anything its top level raises
+        where = f" ({e.filename}:{e.lineno})" if isinstance(e, SyntaxError) else ""
+        raise LegrError(f"cannot import model module {module_name!r} of {spec!r}: "
+                        f"{type(e).__name__}: {e}{where}") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise LegrError(f"{module_name!r} has no callable {attr!r} (from --model {spec!r})")
