@@ -352,11 +352,14 @@ def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
     finetune = finetune and FINETUNE
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
-    tag = "" if finetune else "-recal"
-    path = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}{tag}.json"
+    stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}"
+    path = Path(f"{stem}{'' if finetune else '-recal'}.json")
     if path.exists():
         return json.loads(path.read_text())
-    if CACHED_ONLY:
+    if CACHED_ONLY:  # report what there is: the fine-tuned row, else the recalibrated-only one
+        for done in (Path(f"{stem}.json"), Path(f"{stem}-recal.json")):
+            if done.exists():
+                return json.loads(done.read_text())
         return None
     row = finetune_row(bench, method, target, seed, make_net(), finetune)
     io.write_json(path, row)
@@ -508,20 +511,25 @@ def ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row = {"setting": setting, "target": target, "variant": variant, "n": len(seeds),
                    "change": json.dumps(LEGR_VARIANTS[variant])}
             for metric in ("test_top1", "recal_top1"):
-                mean, lo, hi = paired_ci([var[s][metric] - legr[s][metric] for s in seeds])
-                row.update({f"{metric}_mean": common.mean_std([var[s][metric] for s in seeds])[0],
-                            f"{metric}_diff": mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                both = [s for s in seeds if var[s][metric] is not None and legr[s][metric] is not None]
+                mean, lo, hi = (paired_ci([var[s][metric] - legr[s][metric] for s in both]) if both
+                                else (float("nan"),) * 3)
+                row.update({f"{metric}_mean": common.mean_std([var[s][metric] for s in both])[0],
+                            f"{metric}_diff": mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi,
+                            f"{metric}_n": len(both)})
             out.append(row)
     return out
 
 
-ABLATION_COLUMNS = ("setting", "target", "variant", "change", "n", "test_top1_mean", "test_top1_diff",
-                    "test_top1_ci_low", "test_top1_ci_high", "recal_top1_mean", "recal_top1_diff",
-                    "recal_top1_ci_low", "recal_top1_ci_high")
+ABLATION_COLUMNS = ("setting", "target", "variant", "change", "n", "test_top1_n", "test_top1_mean",
+                    "test_top1_diff", "test_top1_ci_low", "test_top1_ci_high", "recal_top1_n", "recal_top1_mean",
+                    "recal_top1_diff", "recal_top1_ci_low", "recal_top1_ci_high")
 
 
 def _ci(mean: float, lo: float, hi: float) -> str:
-    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else f"{mean:+.2f}"
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else f"{mean:+.2f} (n=1)"
 
 
 def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
@@ -540,16 +548,17 @@ def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
             row.append(f"{tuned} / {c['recal_top1_mean']:.1f} ({c['macs_ratio']:.3f})" if c else "-")
         for metric in ("test_top1", "recal_top1"):
             p = pr.get(metric)
-            row.append(f"{_ci(p['diff_mean'], p['ci95_low'], p['ci95_high'])} vs {p['versus']}" if p else "-")
+            row.append(f"{_ci(p['diff_mean'], p['ci95_low'], p['ci95_high'])} vs {p['versus']} (n={p['n']})"
+                       if p else "-")
         rows.append(row)
     return header, rows
 
 
 def ablation_table(abl) -> tuple[list[str], list[list[str]]]:
-    header = ["setting", "target", "variant (one change off)", "fine-tuned top-1", "minus legr [95% CI]",
-              "recal top-1", "minus legr [95% CI]"]
-    rows = [[a["setting"], f"{a['target']:.2f}", a["variant"], f"{a['test_top1_mean']:.2f}",
-             _ci(a["test_top1_diff"], a["test_top1_ci_low"], a["test_top1_ci_high"]),
+    header = ["setting", "target", "variant (one change off)", "n tuned", "fine-tuned top-1", "minus legr [95% CI]",
+              "n recal", "recal top-1", "minus legr [95% CI]"]
+    rows = [[a["setting"], f"{a['target']:.2f}", a["variant"], a["test_top1_n"], f"{a['test_top1_mean']:.2f}",
+             _ci(a["test_top1_diff"], a["test_top1_ci_low"], a["test_top1_ci_high"]), a["recal_top1_n"],
              f"{a['recal_top1_mean']:.2f}",
              _ci(a["recal_top1_diff"], a["recal_top1_ci_low"], a["recal_top1_ci_high"])] for a in abl]
     return header, rows
