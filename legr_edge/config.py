@@ -31,7 +31,7 @@ class SearchConfig:
     val_fraction: float = 0.1
     batch_size: int = 64
     # dense pretraining (when no checkpoint is given)
-    pretrain_epochs: int = 12
+    pretrain_epochs: int = 8
     pretrain_lr: float = 0.1
     # the ranking search (defaults: the product's method, see SCORING for the paper's)
     targets: tuple[float, ...] = DEFAULT_TARGETS
@@ -44,7 +44,7 @@ class SearchConfig:
     mutate_scale: float = 0.5            # the same for mutations
     population: int = 32
     sample: int = 8
-    candidates: int = 200
+    candidates: int = 120
     recal_batches: int = 8               # BatchNorm recalibration batches before fitness (0 = off)
     fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
     fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
@@ -58,7 +58,7 @@ class SearchConfig:
     min_channels: int = 2
     ignore_layers: tuple[str, ...] = ()
     # the family
-    finetune_epochs: int = 3
+    finetune_epochs: int = 1
     finetune_lr: float = 0.01
     export: bool = True
     opset: int | None = None

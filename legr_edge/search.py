@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mutate-scale", type=float, help="the same for mutations (0.5; paper 1.0)")
     g.add_argument("--population", type=int, help="evolution population P (32; paper 64)")
     g.add_argument("--sample", type=int, help="tournament sample S (8; paper 16)")
-    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included (200; paper 400)")
+    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included (120; paper 400)")
     g.add_argument("--recal-batches", type=int, help="training batches that re-estimate BatchNorm statistics "
                                                      "before a candidate is scored (8; 0 = off)")
     g.add_argument("--fitness-val-limit", type=int, help="validation images a candidate is scored on (5000; 0 = all)")
