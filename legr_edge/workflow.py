@@ -62,6 +62,11 @@ class Context:
     def info(self):
         return self.data.info
 
+    @property
+    def mac_cost(self):
+        """The analytic MAC counter, also when the Pruner's cost is predicted latency."""
+        return getattr(self.pruner.cost, "base", self.pruner.cost)
+
     def evaluator(self, round: int = 0) -> FitnessEvaluator:
         """The fitness of recalibration draw ``round`` (built once: its batches are fixed)."""
         if round not in self.evaluators:
@@ -330,7 +335,7 @@ def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         value, info = ctx.evaluator(round)(net, k)
         values.append(value)
-        infos.append(dict(info, macs=getattr(ctx.pruner.cost, "base", ctx.pruner.cost).macs(mask)))
+        infos.append(dict(info, macs=ctx.mac_cost.macs(mask)))
     first = infos[0]  # the search target (or the first fitness target)
     return float(np.mean(values)), {"val_top1": first["val_top1"], "val_loss": first["val_loss"],
                                     "macs": first["macs"], "seconds": time.perf_counter() - start}
@@ -413,8 +418,7 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dic
 
 
 def _dense_mac_count(ctx: Context) -> int:
-    cost = ctx.pruner.cost
-    return int(getattr(cost, "base", cost).dense_macs(ctx.pruner.coupling.num_channels))
+    return int(ctx.mac_cost.dense_macs(ctx.pruner.coupling.num_channels))
 
 
 def _latency_extras(ctx: Context, name: str, target: float, scores: np.ndarray,
