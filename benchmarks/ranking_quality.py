@@ -241,13 +241,19 @@ def prepare(setting: str, budget: Budget, targets: list[float], work: Path, devi
     return Bench(setting, budget, root, ctx, dense_row, targets)
 
 
+def variant_key(bench: Bench, variant: str, seed: int = 0) -> str:
+    """Hash of everything the ranking of ``variant`` depends on (legr_edge's recorded
+    ranking settings, the product defaults included), so a change of the product's method
+    gets new searches and new fine-tune rows instead of stale cached ones."""
+    cfg = search_config(bench.dataset, bench.budget, bench.targets, seed, bench.root, **LEGR_VARIANTS[variant])
+    settings = dict(workflow._ranking_settings(cfg), seed=None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
     """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``."""
     b, over = bench.budget, LEGR_VARIANTS[variant]
-    key = b.key("population", "sample", "candidates", "recal_batches", "paper_tau", "tau_lr", "round_to",
-                "batch_size")
-    vkey = hashlib.sha256(json.dumps(over, sort_keys=True).encode()).hexdigest()[:6]
-    run = bench.root / f"{variant}-{key}-{vkey}-t{min(bench.targets):g}-seed{seed}"
+    run = bench.root / f"{variant}-{variant_key(bench, variant)}-t{min(bench.targets):g}-seed{seed}"
     if CACHED_ONLY and not (run / "ranking.json").exists():
         return None
     run.mkdir(parents=True, exist_ok=True)
@@ -352,7 +358,8 @@ def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
     finetune = finetune and FINETUNE
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
-    stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}"
+    name = f"{method}-{variant_key(bench, method)}" if method in LEGR_VARIANTS else method
+    stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{name}-t{target:g}-seed{seed}"
     path = Path(f"{stem}{'' if finetune else '-recal'}.json")
     if path.exists():
         return json.loads(path.read_text())
