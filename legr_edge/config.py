@@ -42,9 +42,9 @@ class SearchConfig:
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations
-    population: int = 32
-    sample: int = 8
-    candidates: int = 120
+    population: int = 24
+    sample: int = 6
+    candidates: int = 80
     recal_batches: int = 8               # BatchNorm recalibration batches before fitness (0 = off)
     fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
     fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
