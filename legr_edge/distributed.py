@@ -139,6 +139,8 @@ class RayPool:
         self.running: dict[Any, tuple[int, _Job]] = {}
         self.overheads: list[float] = []
         self.reissued: list[tuple[Any, str]] = []
+        self.down: dict[int, list[float]] = {}   # dead workers Ray is restarting
+        self.pings: dict[Any, int] = {}          # describe() calls to them
 
     # ----- start and stop -------------------------------------------------------------
 
@@ -219,12 +221,21 @@ class RayPool:
             self.running[ref] = (slot, job)
 
     def _next(self) -> tuple[Any, dict[str, Any]]:
-        """Wait for one job; a dead worker's job goes back to the front of the queue."""
+        """Wait for one job; a dead worker's job goes back to the front of the queue, and the
+        worker gets jobs again once Ray has restarted it (it answers a ping)."""
         ray = self.ray
         while True:
-            if not self.running:
-                raise LegrError("ray pool: waiting for a result with nothing running (a bug)")
-            (ref,), _ = ray.wait(list(self.running), num_returns=1)
+            self._ping_down()
+            if not self.running and not self.pings:
+                raise LegrError("ray: no worker left to run the search (all died and none came back within "
+                                f"{START_TIMEOUT_S:.0f} s)" if self.queue else "ray pool: nothing running (a bug)")
+            ready, _ = ray.wait([*self.running, *self.pings], num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            ref = ready[0]
+            if ref in self.pings:
+                self._revived(self.pings.pop(ref), ref)
+                continue
             slot, job = self.running.pop(ref)
             try:
                 out = ray.get(ref)
@@ -234,7 +245,7 @@ class RayPool:
             except ray.exceptions.RayTaskError as e:
                 raise e.as_instanceof_cause() from None  # a LegrError in the worker stays one
             self.overheads.append(time.perf_counter() - job.sent - out["seconds"])
-            self.workers[slot]["label"] = out["worker"]  # a restarted worker has a new pid
+            self.workers[slot]["label"] = out["worker"]
             self.idle.append(slot)
             self._dispatch()
             return job.key, out
@@ -249,7 +260,29 @@ class RayPool:
                     job.method, job.key)
         self.reissued.append((job.key, who))
         self.queue.appendleft(job)
-        self.idle.append(slot)  # Ray restarts the actor; calls to it wait for the restart
+        self.down[slot] = [time.perf_counter(), 0.0]  # [since, next ping]; Ray restarts the actor
+        self._dispatch()
+
+    def _ping_down(self) -> None:
+        now = time.perf_counter()
+        for slot, (since, next_ping) in list(self.down.items()):
+            if slot in self.pings.values() or now < next_ping:
+                continue
+            if now - since > START_TIMEOUT_S:
+                log.warning("ray: worker %s did not come back; going on without it", self.workers[slot]["label"])
+                del self.down[slot]
+                continue
+            self.pings[self.actors[slot].describe.remote()] = slot
+
+    def _revived(self, slot: int, ref) -> None:
+        try:
+            self.workers[slot] = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:
+            self.down[slot][1] = time.perf_counter() + 1.0  # still restarting: ask again in a second
+            return
+        log.info("ray: worker %d is back as %s", slot, self.workers[slot]["label"])
+        del self.down[slot]
+        self.idle.append(slot)
         self._dispatch()
 
 
