@@ -132,6 +132,9 @@ class RayPool:
             raise LegrError(f"{n} Ray workers did not start within {START_TIMEOUT_S:.0f} s: the cluster lacks "
                             f"the CPUs/GPUs asked for (--workers {n}, {threads} CPU"
                             f"{', 1 GPU' if use_cuda else ''} each)") from None
+        except self.ray.exceptions.RayError as e:  # e.g. legr_edge not importable on a node
+            self.close()
+            raise LegrError(f"Ray workers failed to start: {type(e).__name__}: {e}") from e
         log.info("ray: %d workers up (%s)", n, ", ".join(f"{w['label']} {w['device']} x{w['threads']} threads"
                                                         for w in self.workers))
         self.idle = collections.deque(range(n))

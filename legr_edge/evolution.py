@@ -217,10 +217,16 @@ def evolve_async(pool: Pool, state: EvolutionState, state_path: Path | None = No
         pool.submit(p["index"], np.asarray(p["alpha"]), np.asarray(p["kappa"]))
     while len(state.history) < s.candidates:
         while _can_draw(state) and pool.ready(state.dispatched, len(state.history)):
-            _dispatch(pool, state, sigma, rng, state_path)
+            _dispatch(pool, state, sigma, rng)
+        # One write per candidate: the last completion and the dispatches it allowed. A kill
+        # before it resumes from the previous write, whose pending list re-issues the rest.
+        if state_path is not None:
+            io.write_json(state_path, state.to_json())
         if not state.pending:
             raise LegrError("evolution: nothing in flight and no candidate may be dispatched (a pool bug)")
-        _complete(state, *pool.collect(), state_path, on_candidate)
+        _complete(state, *pool.collect(), on_candidate)
+    if state_path is not None:
+        io.write_json(state_path, state.to_json())
     return state.best()
 
 
@@ -231,21 +237,18 @@ def _can_draw(state: EvolutionState) -> bool:
     return k < s.candidates and (k < s.population or len(state.population) >= s.sample)
 
 
-def _dispatch(pool: Pool, state: EvolutionState, sigma: np.ndarray, rng: np.random.Generator,
-              state_path: Path | None) -> None:
+def _dispatch(pool: Pool, state: EvolutionState, sigma: np.ndarray, rng: np.random.Generator) -> None:
     k = state.dispatched
     alpha, kappa = (_initial(k, state, sigma, rng) if k < state.settings.population
                     else _child(state, sigma, rng, k))
     state.pending.append({"index": k, "alpha": alpha.tolist(), "kappa": kappa.tolist(),
                           "dispatched_after": len(state.history)})
     state.rng_state = rng.bit_generator.state
-    if state_path is not None:
-        io.write_json(state_path, state.to_json())
     pool.submit(k, alpha, kappa)
 
 
 def _complete(state: EvolutionState, k: int, value: float, info: dict[str, Any], worker: str,
-              state_path: Path | None, on_candidate: Callable[[Candidate], None] | None) -> None:
+              on_candidate: Callable[[Candidate], None] | None) -> None:
     pos = next((i for i, p in enumerate(state.pending) if p["index"] == k), None)
     if pos is None:
         raise LegrError(f"evolution: result for candidate {k}, which is not in flight")
@@ -255,8 +258,6 @@ def _complete(state: EvolutionState, k: int, value: float, info: dict[str, Any],
     state.population.append(k)
     if len(state.population) > state.settings.population:
         state.population.pop(0)  # aging: the oldest (first completed) dies, not the worst
-    if state_path is not None:
-        io.write_json(state_path, state.to_json())
     if on_candidate is not None:
         on_candidate(cand)
 

@@ -144,10 +144,11 @@ def test_a_killed_worker_candidate_is_reissued(ray, tmp_path):
     assert sorted(c.index for c in state.history) == list(range(5)) and not state.pending
     redone = state.candidate(1)
     assert f":{proxy.killed[1]}" not in redone.worker  # evaluated again by a live process
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' thread count: the same floating-point sums
     try:
         for c in (state.candidate(1), state.history[-1]):  # the re-issued one, and a child
             value, _ = candidate_fitness(ctx, c.index, np.asarray(c.alpha), np.asarray(c.kappa))
             assert c.fitness == pytest.approx(value, rel=1e-6)
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)  # later tests compare runs with the fixture's thread count
