@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all: serial and 1 worker use all, "
                                                          "T workers one each (default 2)")
-    p.add_argument("--tau", type=int, default=0, help="SGD steps per candidate (the default search: 0)")
+    p.add_argument("--tau", type=int, help="SGD steps per candidate (default: the search's default)")
     p.add_argument("--pretrain-epochs", type=int, help="dense pretraining (quick 1, full 2)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -246,6 +246,7 @@ def main(argv=None) -> int:
     args.dataset = args.dataset or ("digits" if args.quick else "shapes")
     args.candidates = args.candidates or (16 if args.quick else 48)
     args.pretrain_epochs = args.pretrain_epochs or (1 if args.quick else 2)
+    args.tau = SearchConfig.tau if args.tau is None else args.tau
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     meta = common.start(NAME, args.quick, args.verbose)
     from legr_edge.data import load_dataset

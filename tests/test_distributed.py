@@ -136,7 +136,8 @@ def test_a_killed_worker_candidate_is_reissued(ray, tmp_path):
                 os.kill(self.killed[1], signal.SIGKILL)
             return self.pool.collect()
 
-    with RayPool(ctx, workers=2) as pool:
+    # address: the cluster path (--ray-address); the module's Ray is that cluster, already joined
+    with RayPool(ctx, workers=2, address="auto") as pool:
         assert [w["threads"] for w in pool.workers] == [1, 1]
         proxy = KillOnce(pool)
         evolve_async(proxy, state, tmp_path / "state.json")
