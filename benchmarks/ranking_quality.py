@@ -241,13 +241,19 @@ def prepare(setting: str, budget: Budget, targets: list[float], work: Path, devi
     return Bench(setting, budget, root, ctx, dense_row, targets)
 
 
+def variant_key(bench: Bench, variant: str, seed: int = 0) -> str:
+    """Hash of everything the ranking of ``variant`` depends on (legr_edge's recorded
+    ranking settings, the product defaults included), so a change of the product's method
+    gets new searches and new fine-tune rows instead of stale cached ones."""
+    cfg = search_config(bench.dataset, bench.budget, bench.targets, seed, bench.root, **LEGR_VARIANTS[variant])
+    settings = dict(workflow._ranking_settings(cfg), seed=None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
     """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``."""
     b, over = bench.budget, LEGR_VARIANTS[variant]
-    key = b.key("population", "sample", "candidates", "recal_batches", "paper_tau", "tau_lr", "round_to",
-                "batch_size")
-    vkey = hashlib.sha256(json.dumps(over, sort_keys=True).encode()).hexdigest()[:6]
-    run = bench.root / f"{variant}-{key}-{vkey}-t{min(bench.targets):g}-seed{seed}"
+    run = bench.root / f"{variant}-{variant_key(bench, variant)}-t{min(bench.targets):g}-seed{seed}"
     if CACHED_ONLY and not (run / "ranking.json").exists():
         return None
     run.mkdir(parents=True, exist_ok=True)
@@ -352,7 +358,8 @@ def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
     finetune = finetune and FINETUNE
     key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
-    stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{method}-t{target:g}-seed{seed}"
+    name = f"{method}-{variant_key(bench, method)}" if method in LEGR_VARIANTS else method
+    stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{name}-t{target:g}-seed{seed}"
     path = Path(f"{stem}{'' if finetune else '-recal'}.json")
     if path.exists():
         return json.loads(path.read_text())
@@ -423,6 +430,38 @@ def norm_study(bench: Bench, seeds: list[int]) -> list[dict[str, Any]]:
                                ("tp_magnitude", lambda: tp_cached(bench, tp_nets, target))):
                 row = cached_row(bench, name, target, seed, make, finetune=False)
                 rows.append(dict(row, method=name) if row else None)
+    return rows
+
+
+def operator_spread(bench: Bench, n: int = 200) -> list[dict[str, Any]]:
+    """How random initial candidates spread at the search target: the share of channel
+    groups cut to their floor and left untouched, under the paper's operator (raw L2
+    sums, alpha = exp(N(0,1)), kappa = N(0, sigma_l)) and the product's (z-scored means,
+    perturbations of the seeds at 0.5 layer-stds). No training: pruning masks only."""
+    from legr_edge.evolution import EvolutionSettings, EvolutionState, _initial
+
+    coupling, pruner, target = bench.pruner.coupling, bench.pruner, min(bench.targets)
+    group = coupling.group_of_channel
+    sizes = np.bincount(group, minlength=len(coupling.groups))
+    floors = pruner.group_counts(np.zeros(len(sizes)))
+    rows = []
+    for name, norm, reduce, scale, seeded in (("paper", "none", "sum", 1.0, False),
+                                              ("product (v2)", "zscore", "mean", 0.5, True)):
+        scores = base_scores(bench.ctx.dense, coupling, norm, reduce)
+        ctx = dataclasses.replace(bench.ctx, scores=scores)
+        seeds = list(workflow.seed_transforms(ctx).values()) if seeded else []
+        settings = EvolutionSettings(population=n + len(seeds), sample=1, candidates=n + len(seeds),
+                                     init_scale=scale, around_seeds=seeded)
+        state = EvolutionState.fresh(settings, scores.sigma, seeds)
+        rng = np.random.default_rng(0)
+        at_floor, at_full = [], []
+        for k in range(len(seeds), len(seeds) + n):
+            mask, _ = pruner.prune_to(scores.transformed(*_initial(k, state, scores.sigma, rng)), target)
+            counts = np.bincount(group[mask], minlength=len(sizes))
+            at_floor.append(float(np.mean(counts <= floors)))
+            at_full.append(float(np.mean(counts >= sizes)))
+        rows.append({"operator": name, "candidates": n, "target": target,
+                     "groups_at_floor": float(np.mean(at_floor)), "groups_untouched": float(np.mean(at_full))})
     return rows
 
 
@@ -603,7 +642,7 @@ def main(argv=None) -> int:
     device = workflow.pick_device(args.device)
     out = args.out or common.default_out(NAME, args.quick)
     t0 = time.perf_counter()
-    rows, dense, budgets, seeds_used, norm_rows = [], {}, {}, {}, {}
+    rows, dense, budgets, seeds_used, norm_rows, spread = [], {}, {}, {}, {}, {}
     from tqdm.auto import tqdm
     for setting in settings:
         seeds = [int(s) for s in (args.seeds or ("0" if args.quick else FULL_SEEDS.get(setting, "0,1,2"))).split(",")]
@@ -616,15 +655,16 @@ def main(argv=None) -> int:
         n = len(seeds) * len(targets) * len(methods) + n_ablation * len(ABLATIONS)
         if setting in ablate:
             norm_rows[setting] = [r for r in norm_study(bench, seeds[:1]) if r is not None]
+            spread[setting] = operator_spread(bench)
         with tqdm(total=n, desc=setting, unit="model", disable=None) as bar:
             rows += run_setting(bench, methods, seeds, n_ablation, bar)
     elapsed = time.perf_counter() - t0
-    report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed, norm_rows)
+    report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed, norm_rows, spread)
     return 0
 
 
 def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float,
-           norm_rows: dict[str, list[dict[str, Any]]]) -> None:
+           norm_rows: dict[str, list[dict[str, Any]]], spread: dict[str, list[dict[str, Any]]]) -> None:
     summary, pairs, abl = summarize(rows), paired(rows, methods), ablation(rows)
     header, trows = table_rows(summary, pairs, methods)
     print("\nTest top-1 (%): fine-tuned mean±std / after recalibration only (achieved MACs/dense); dense: "
@@ -636,7 +676,8 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
     settings = {"targets": targets, "seeds": seeds, "methods": methods, "budgets": budgets,
                 "dense_test_top1": dense, "wall_s": elapsed, "variants": LEGR_VARIANTS}
     common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "paired": pairs, "ablation": abl,
-                                                              "normalisation": norm_rows},
+                                                              "normalisation": norm_rows,
+                                                              "operator_spread": spread},
                          extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS),
                                      "paired.csv": (pairs, PAIRED_COLUMNS),
                                      "ablation.csv": (abl, ABLATION_COLUMNS)})
@@ -659,6 +700,15 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
                   f"{sorted({r['seed'] for r in nrows})} of the recalibration batches (achieved MACs/dense). "
                   "`zscore/mean` is the product's default:",
                   common.md_table(*reversed(norm_table(nrows)))]
+    for setting, srows in spread.items():
+        table = [[r["operator"], f"{100 * r['groups_at_floor']:.1f}", f"{100 * r['groups_untouched']:.1f}"]
+                 for r in srows]
+        head = ["operator", "groups at their floor (%)", "groups untouched (%)"]
+        print(common.text_table(table, head))
+        parts += [f"Search operator ({setting}): random initial candidates ({srows[0]['candidates']} each) "
+                  f"pruned to {srows[0]['target']:g} of the MACs, mean share of channel groups cut to "
+                  "their floor or left untouched (all-or-nothing candidates have both high):",
+                  common.md_table(table, head)]
     parts += ["Budgets: " + "; ".join(f"{d}: " + ", ".join(f"{k}={v}" for k, v in b.items())
                                       for d, b in budgets.items()),
               f"![ranking quality]({common.rel(png)}) · data: `{common.rel(out)}/`"]

@@ -42,14 +42,15 @@ class SearchConfig:
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations
-    population: int = 32
-    sample: int = 8
-    candidates: int = 120
+    population: int = 24
+    sample: int = 6
+    candidates: int = 80
     recal_batches: int = 8               # BatchNorm recalibration batches before fitness (0 = off)
     fitness_val_limit: int = 5000        # validation images the fitness is measured on (0 = all)
     fitness_targets: tuple[float, ...] = ()  # score candidates at these targets (default: search target)
-    tau: int = 0
+    tau: int = 10                        # SGD steps per candidate before recalibrating and scoring
     tau_lr: float = 0.01
+    tau_batches: str = "common"          # common: every candidate trains on the same batches | per_candidate
     fitness: str = "loss"                # loss | accuracy, on the fixed validation subset
     finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
     final_rounds: int = 3                # fresh recalibration draws for that re-scoring
@@ -83,6 +84,8 @@ class SearchConfig:
             raise LegrError("--targets is empty")
         if self.search_target is not None:
             _check_fraction(self.search_target, "--search-target")
+        if self.tau_batches not in ("common", "per_candidate"):
+            raise LegrError(f"tau_batches must be 'common' or 'per_candidate', got {self.tau_batches!r}")
         if self.fitness not in ("accuracy", "loss"):
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
         if self.scoring not in SCORING:
@@ -141,15 +144,16 @@ class SearchConfig:
 SCORING: dict[str, dict[str, Any]] = {
     "v2": {},
     "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, init_scale=1.0,
-                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0),
+                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0,
+                  tau_batches="per_candidate"),
 }
 SCORING_BUDGET: dict[str, dict[str, Any]] = {"v2": {}, "paper": {"tau": 40}}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds, for tests and checks: the small embedded data set, a few candidates.
     "smoke": dict(dataset="digits", pretrain_epochs=2, population=4, sample=2, candidates=6,
-                  recal_batches=2, finalists=2, final_rounds=1, finetune_epochs=1, targets=(0.5, 0.3),
-                  batch_size=64),
+                  recal_batches=2, tau=2, finalists=2, final_rounds=1, finetune_epochs=1,
+                  targets=(0.5, 0.3), batch_size=64),
     # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
     "default": {},
     # The published method and hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.

@@ -1,12 +1,18 @@
 """How a candidate ranking is scored during the search: a pruned network in, a number out.
 
-The product's fitness (LEGR.md, "v2"): recalibrate the pruned network's BatchNorm
-statistics on a FIXED set of training batches (forward passes, no gradients), then
-measure the validation loss (or top-1) on a FIXED validation subset. Every candidate
-sees the same recalibration batches and the same validation images (common random
-numbers), so two candidates differ only by their ranking, not by the luck of their
-batches. Optional ``tau`` SGD steps (the paper's fitness: tau steps, no recalibration,
-accuracy) run before, on batches that also depend only on the run's seed.
+The product's fitness (LEGR.md, "v2"): ``tau`` SGD steps (default 10) on a FIXED
+sequence of training batches, then recalibrate the pruned network's BatchNorm statistics
+on a FIXED set of training batches (forward passes, no gradients), then measure the
+validation loss (or top-1) on a FIXED validation subset. Every candidate sees the same
+tau batches, recalibration batches and validation images (common random numbers), so
+two candidates differ only by their ranking, not by the luck of their batches.
+
+Why a few steps: right after pruning at 0.2-0.3 of the MACs, the networks sit at 20-30%
+top-1 even after recalibration, and their recalibrated validation loss hardly predicts
+what fine-tuning makes of them (Spearman 0.13 over 24 candidates, benchmarks/RESULTS.md,
+"fitness_study"); ten steps first lift it to 0.91 for about one second per candidate.
+The paper's fitness (tau steps, each candidate on ITS OWN batches, no recalibration,
+accuracy) is ``tau_batches="per_candidate"``, ``recal_batches=0``.
 
 ``round`` selects an independent draw of recalibration batches: the search uses
 round 0; the final choice re-scores its finalists on rounds 1..R.
@@ -29,8 +35,9 @@ class FitnessSettings:
     recal_batches: int = 16         # 0 = no BatchNorm recalibration (the paper)
     batch_size: int = 64
     val_limit: int = 0              # 0 = the whole validation split
-    tau: int = 0                    # SGD steps before measuring (the paper: 200)
+    tau: int = 0                    # SGD steps before measuring (the product: 10, the paper: 200)
     tau_lr: float = 0.01
+    common_batches: bool = True     # tau batches: the same for every candidate (else per candidate)
     seed: int = 0
 
 
@@ -38,7 +45,7 @@ class FitnessEvaluator:
     """Holds the fixed recalibration batches and validation tensors of one round."""
 
     def __init__(self, data, info, device: torch.device, settings: FitnessSettings, round: int = 0):
-        self.data, self.info, self.device, self.s = data, info, device, settings
+        self.data, self.info, self.device, self.s, self.round = data, info, device, settings, round
         norm = Normalizer.from_info(info, device)
         self.recal = self._recal_inputs(norm, round)
         n_val = len(data.val) if not settings.val_limit else min(settings.val_limit, len(data.val))
@@ -62,12 +69,18 @@ class FitnessEvaluator:
         s = self.s
         if s.tau:
             sgd = SGDSettings(lr=s.tau_lr, schedule="constant", batch_size=s.batch_size)
-            torch.manual_seed(s.seed * 1_000_003 + k)
-            train_steps(net, self.data.train, self.info, s.tau, sgd, self.device, s.seed * 1_000_003 + k)
+            seed = self.tau_seed(k)
+            torch.manual_seed(seed)
+            train_steps(net, self.data.train, self.info, s.tau, sgd, self.device, seed)
         if self.recal:
             recalibrate_bn(net, self.recal)
         top1, loss = self.measure(net)
         return (top1 if s.metric == "accuracy" else -loss), {"val_top1": top1, "val_loss": loss}
+
+    def tau_seed(self, k: int) -> int:
+        """Seed of candidate ``k``'s tau batches: the round's own (common) or the candidate's."""
+        base = self.s.seed * 1_000_003
+        return base + 999_983 * (self.round + 1) if self.s.common_batches else base + k
 
     @torch.no_grad()
     def measure(self, net: nn.Module) -> tuple[float, float]:

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("pruning and search")
     g.add_argument("--targets", type=_floats, help="MAC fractions to keep, comma separated (0.8,0.6,0.5,0.4,0.3,0.2)")
     g.add_argument("--search-target", type=float, help="MAC fraction the ranking is learned at (smallest target)")
-    g.add_argument("--scoring", help="v2 (default: normalised scores, seeded search, recalibrated loss "
-                                     "fitness) or paper (the published method, for comparison)")
+    g.add_argument("--scoring", help="v2 (default: normalised scores, seeded search, validation loss "
+                                     "after 10 common SGD steps and BatchNorm recalibration) or paper (the published method, for comparison)")
     g.add_argument("--score-norm", help="per-layer normalisation of filter norms: zscore (default), mean, "
                                         "lamp, none")
     g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
@@ -79,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-scale", type=float, help="std of log-alpha and kappa (in layer stds) of random "
                                                     "initial members (0.5; paper 1.0)")
     g.add_argument("--mutate-scale", type=float, help="the same for mutations (0.5; paper 1.0)")
-    g.add_argument("--population", type=int, help="evolution population P (32; paper 64)")
-    g.add_argument("--sample", type=int, help="tournament sample S (8; paper 16)")
-    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included (120; paper 400)")
+    g.add_argument("--population", type=int, help="evolution population P (24; paper 64)")
+    g.add_argument("--sample", type=int, help="tournament sample S (6; paper 16)")
+    g.add_argument("--candidates", type=int, help="candidates evaluated in total, initial population included (80; paper 400)")
     g.add_argument("--recal-batches", type=int, help="training batches that re-estimate BatchNorm statistics "
                                                      "before a candidate is scored (8; 0 = off)")
     g.add_argument("--fitness-val-limit", type=int, help="validation images a candidate is scored on (5000; 0 = all)")
     g.add_argument("--fitness-targets", type=_floats, help="score candidates at these MAC fractions and average "
                                                            "(default: the search target)")
-    g.add_argument("--tau", type=int, help="SGD steps per candidate before scoring (0; paper 40)")
+    g.add_argument("--tau", type=int, help="SGD steps per candidate before scoring, on batches common to "
+                                           "every candidate (10; paper 40, each candidate its own)")
     g.add_argument("--tau-lr", type=float, help="learning rate of those steps (0.01)")
     g.add_argument("--fitness", help="loss (default) or accuracy, on the fixed validation subset")
     g.add_argument("--finalists", type=int, help="best candidates re-scored with the seeds on fresh batches (5)")

@@ -73,7 +73,8 @@ class Context:
             c = self.cfg
             settings = FitnessSettings(metric=c.fitness, recal_batches=c.recal_batches,
                                        batch_size=c.batch_size, val_limit=c.fitness_val_limit,
-                                       tau=c.tau, tau_lr=c.tau_lr, seed=c.seed)
+                                       tau=c.tau, tau_lr=c.tau_lr, seed=c.seed,
+                                       common_batches=c.tau_batches == "common")
             self.evaluators[round] = FitnessEvaluator(self.data, self.info, self.device, settings, round)
         return self.evaluators[round]
 
@@ -410,7 +411,7 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
 def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     keys = ("scoring", "score_norm", "group_reduce", "seed_population", "init_scale", "mutate_scale",
             "population", "sample", "candidates", "recal_batches", "fitness_val_limit", "fitness_targets",
-            "tau", "tau_lr", "fitness", "finalists", "final_rounds", "round_to", "min_fraction",
+            "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "round_to", "min_fraction",
             "min_channels", "seed", "batch_size")
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
 

@@ -49,9 +49,12 @@ def test_scoring_paper_overrides_a_preset_but_not_its_budget():
     from legr_edge.config import resolve
     smoke = resolve({"preset": "smoke", "scoring": "paper"})
     assert (smoke.recal_batches, smoke.finalists, smoke.score_norm, smoke.group_reduce) == (0, 0, "none", "sum")
-    assert smoke.tau == 40 and smoke.candidates == 6          # the smoke budget stays
+    assert smoke.tau == 2 and smoke.candidates == 6           # the smoke budget stays
+    assert smoke.tau_batches == "per_candidate"               # the method's keys win
+    assert resolve({"scoring": "paper"}).tau == 40
     paper = resolve({"preset": "paper"})
     assert paper.scoring == "paper" and paper.tau == 200 and paper.recal_batches == 0
     v2 = resolve({})
-    assert (v2.scoring, v2.score_norm, v2.group_reduce, v2.tau, v2.fitness) == ("v2", "zscore", "mean", 0, "loss")
+    assert (v2.scoring, v2.score_norm, v2.group_reduce, v2.tau, v2.tau_batches, v2.fitness) == (
+        "v2", "zscore", "mean", 10, "common", "loss")
     assert resolve({"scoring": "paper", "recal_batches": 4}).recal_batches == 4   # explicit wins

@@ -81,3 +81,18 @@ def test_recalibration_rescues_a_network_with_stale_statistics(digits):
                                 FitnessSettings(metric="accuracy", recal_batches=0))(copy.deepcopy(net))
     fixed, _ = FitnessEvaluator(digits, digits.info, torch.device("cpu"), s)(copy.deepcopy(net))
     assert fixed > stale + 20
+
+
+def test_tau_steps_are_common_to_all_candidates_unless_per_candidate(digits):
+    """With common batches, candidate 0 and candidate 7 train on the same tau batches, so
+    the same network gets the same fitness; the paper's per-candidate batches differ, and
+    a new round draws new common batches."""
+    cpu = torch.device("cpu")
+    common = FitnessSettings(recal_batches=2, batch_size=32, val_limit=100, tau=3)
+    per = FitnessSettings(recal_batches=2, batch_size=32, val_limit=100, tau=3, common_batches=False)
+    net = _model(digits.info)
+    ev = FitnessEvaluator(digits, digits.info, cpu, common)
+    assert ev(copy.deepcopy(net), 0) == ev(copy.deepcopy(net), 7)
+    paper = FitnessEvaluator(digits, digits.info, cpu, per)
+    assert paper(copy.deepcopy(net), 0)[0] != paper(copy.deepcopy(net), 7)[0]
+    assert ev.tau_seed(0) != FitnessEvaluator(digits, digits.info, cpu, common, round=1).tau_seed(0)
