@@ -25,8 +25,8 @@ compute time, o Ray's overhead and d the driver's time per candidate (its loop i
 The machine's load average is recorded before and after each run: on a shared machine
 the 1-vs-2-worker ratio measures the contention as much as Ray. Re-run on a quiet one:
 
-    python -m benchmarks.search_workers --quick     # digits, 16 candidates per run (~4 min on 2 cores)
-    python -m benchmarks.search_workers             # shapes, 48 candidates per run (~25 min on 2 cores)
+    python -m benchmarks.search_workers --quick     # digits, 16 candidates per run (~8 min on 2 cores)
+    python -m benchmarks.search_workers             # shapes, 48 candidates per run (~30 min on 2 cores)
 
 Writes ``--out`` (default benchmarks/results/search_workers/[quick/]): results.csv (one row
 per candidate: arrival time, fitness, worker), summary.csv (per model and run),
