@@ -69,6 +69,13 @@ class SearchConfig:
     targets_ms: tuple[float, ...] = ()   # absolute latency targets; converted into ``targets``
     staircase: bool = True               # latency cost: keep a wider width the device gives for free
     input_size: tuple[int, int] | None = None  # (H, W); default: the data set's or the model's
+    # where candidates run (issue 11): not part of the result, so a run may resume with others
+    workers: int = 0                     # Ray workers on this machine; 0 = this process, no Ray
+    ray_address: str | None = None       # join an existing Ray cluster instead
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.workers) or self.ray_address is not None
 
     def __post_init__(self):
         for t in self.targets:
@@ -109,6 +116,8 @@ class SearchConfig:
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check_more(self)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise LegrError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
     @property
     def effective_search_target(self) -> float:

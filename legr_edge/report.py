@@ -10,7 +10,8 @@ from legr_edge.rundir import FLOPS_COLUMNS, FLOPS_TABLE  # the one definition of
 
 log = logging.getLogger(__name__)
 
-SEARCH_LOG_COLUMNS = ("index", "fitness", "val_top1", "val_loss", "macs", "macs_ratio", "seconds")
+# rows in arrival (completion) order; worker: "local", or the Ray worker that evaluated it
+SEARCH_LOG_COLUMNS = ("index", "fitness", "val_top1", "val_loss", "macs", "macs_ratio", "seconds", "worker")
 
 
 def write_flops_table(run: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -17,11 +17,15 @@ Examples (from the repository root):
     # latency targets: fractions of the dense network's latency predicted by the device's table
     python -m legr_edge.search --out runs/r20-lat --checkpoint runs/resnet20-digits/models/dense/weights.pt \
         --cost latency --latency-table runs/resnet20-digits/latency_table_cpu-ort.json --targets 0.7,0.5
+    # asynchronous search on 4 GPUs of this workstation (pip install "legr_edge[distributed]")
+    python -m legr_edge.search --model resnet56 --preset paper --workers 4 --out runs/r56-paper
+    # on an existing Ray cluster
+    python -m legr_edge.search --model resnet56 --preset paper --ray-address auto --out runs/r56-paper
     # continue an interrupted run
     python -m legr_edge.search --out runs/resnet20-shapes --resume
 
 Writes into --out (default runs/<model>-<dataset>): config.json, ranking.json,
-search_log.csv, models/<name>/{arch.json,weights.pt,metrics.json}, flops_table.csv,
+search_log.csv (candidates in arrival order, with their worker), models/<name>/{arch.json,weights.pt,metrics.json}, flops_table.csv,
 tradeoff_flops.png, and (unless --no-export) onnx/ + data/eval.npz for the device.
 """
 from __future__ import annotations
@@ -54,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--device", help="auto (default), cpu or cuda")
     g.add_argument("--seed", type=int, help="seed of everything random (0)")
+    g.add_argument("--workers", type=int, help="evaluate candidates and fine-tune the family on N Ray workers "
+                   "on this machine (one per GPU, or a share of the CPU threads each); needs the [distributed] "
+                   "extra. Default: this process, no Ray")
+    g.add_argument("--ray-address", help="join this existing Ray cluster (e.g. auto, or HEAD_IP:6379) and use "
+                   "--workers of its workers (default: one per GPU of the cluster, else per CPU)")
     g.add_argument("--batch-size", type=int, help="training batch size")
     g.add_argument("--pretrain-epochs", type=int, help="epochs of dense training when no --checkpoint")
     g.add_argument("--pretrain-lr", type=float, help="peak learning rate of dense training (cosine)")

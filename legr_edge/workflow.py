@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from legr_edge import io, report
 from legr_edge.config import SearchConfig, member_name
 from legr_edge.errors import LegrError
-from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState, evolve, load_state
+from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState, SerialPool, evolve_async, load_state
 from legr_edge.fitness import FitnessEvaluator, FitnessSettings
 from legr_edge.models import arch
 from legr_edge.models.registry import create_model
@@ -41,7 +41,7 @@ from legr_edge.train import SGDSettings, evaluate, fit
 log = logging.getLogger(__name__)
 
 # Settings that may differ between an interrupted run and its --resume.
-RESUME_MAY_DIFFER = {"device", "export", "opset", "out"}
+RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "workers", "ray_address"}
 
 
 @dataclasses.dataclass
@@ -80,6 +80,9 @@ class Context:
 
 
 def run_search(cfg: SearchConfig, resume: bool) -> Path:
+    if cfg.distributed:  # before anything is written: without Ray, one line naming the install
+        from legr_edge.distributed import require_ray
+        require_ray()
     run = prepare_run_dir(cfg, resume)  # checks only: nothing is written before the input is valid
     device = pick_device(cfg.device)
     data = load_data(cfg)
@@ -90,10 +93,18 @@ def run_search(cfg: SearchConfig, resume: bool) -> Path:
     log.info("dense %s: %.2f MMACs, %d params, val top-1 %.2f, test top-1 %.2f; %d channel groups, %d scored layers",
              cfg.model, dense_row["macs"] / 1e6, dense_row["params"], dense_row["val_top1"],
              dense_row["test_top1"], len(ctx.pruner.coupling.groups), len(ctx.scores.layer_names))
-    alpha, kappa = search_ranking(ctx)
-    if ctx.latency is not None:
-        dense_row = {**dense_row, "predicted_ms": ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)}
-    rows = [dense_row] + build_family(ctx, alpha, kappa)
+    pool = None
+    if cfg.distributed:
+        from legr_edge.distributed import open_pool
+        pool = open_pool(ctx)
+    try:
+        alpha, kappa = search_ranking(ctx, pool)
+        if ctx.latency is not None:
+            dense_row = {**dense_row, "predicted_ms": ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)}
+        rows = [dense_row] + build_family(ctx, alpha, kappa, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     report.write_flops_table(run, rows)
     report.plot_tradeoff(run, rows, f"{cfg.model} on {cfg.dataset}: LeGR family")
     print(report.format_flops_table(rows))
@@ -266,8 +277,9 @@ def make_context(cfg, run, device, data, dense) -> Context:
     return Context(cfg, run, device, data, dense, scores, pruner, latency)
 
 
-def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-    """Learn (alpha, kappa) by regularized evolution; resumes from search_state.json."""
+def search_ranking(ctx: Context, pool=None) -> tuple[np.ndarray, np.ndarray]:
+    """Learn (alpha, kappa) by regularized evolution; resumes from search_state.json.
+    ``pool`` (legr_edge.distributed.RayPool) evaluates candidates on workers; default here."""
     cfg, run = ctx.cfg, ctx.run
     if (run / "ranking.json").exists():
         ranking = read_json_object(run / "ranking.json", "learned ranking")
@@ -303,9 +315,9 @@ def search_ranking(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
                  cand.info["macs"] / 1e6, cand.info["macs"] / dense_macs,
                  cand.info["seconds"], best.fitness, best.index)
 
-    evolve(lambda k, a, kp: candidate_fitness(ctx, k, a, kp), state, state_path, record)
+    evolve_async(pool or SerialPool(lambda k, a, kp: candidate_fitness(ctx, k, a, kp)), state, state_path, record)
     bar.close()
-    best, final = choose_final(ctx, state)
+    best, final = choose_final(ctx, state, pool)
     write_ranking(ctx, best, final)
     return np.asarray(best.alpha), np.asarray(best.kappa)
 
@@ -342,7 +354,7 @@ def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray
                                     "macs": first["macs"], "seconds": time.perf_counter() - start}
 
 
-def choose_final(ctx: Context, state: EvolutionState) -> tuple[Candidate, list[dict[str, Any]]]:
+def choose_final(ctx: Context, state: EvolutionState, pool=None) -> tuple[Candidate, list[dict[str, Any]]]:
     """Re-score the best ``finalists`` candidates and the seeds on ``final_rounds`` fresh
     recalibration draws; the best MEAN wins, so one lucky evaluation cannot decide, and
     the result is never worse than a seed by the fitness' own (re-scored) measure."""
@@ -351,22 +363,34 @@ def choose_final(ctx: Context, state: EvolutionState) -> tuple[Candidate, list[d
         return state.best(), []
     ranked = sorted(state.history, key=lambda c: (-c.fitness, c.index))
     picks = {c.index: c for c in ranked[:cfg.finalists]}
-    picks.update({c.index: c for c in state.history[:len(state.seeds)]})
+    picks.update({c.index: c for c in state.history if c.index < len(state.seeds)})
+    rounds = range(1, cfg.final_rounds + 1)
+    values = _rescore(ctx, [(c.index, np.asarray(c.alpha), np.asarray(c.kappa), r)
+                            for c in picks.values() for r in rounds], pool)
     final = []
-    for cand in tqdm(picks.values(), desc="final", unit="cand", leave=False, disable=None):
-        alpha, kappa = np.asarray(cand.alpha), np.asarray(cand.kappa)
-        rescored = [candidate_fitness(ctx, cand.index, alpha, kappa, r)[0] for r in range(1, cfg.final_rounds + 1)]
+    for cand in picks.values():
+        rescored = [values.pop(0) for _ in rounds]
         final.append({"index": cand.index, "search_fitness": cand.fitness, "rescored": rescored,
                       "mean": float(np.mean(rescored)), "seed": cand.index < len(state.seeds)})
     winner = max(final, key=lambda f: (f["mean"], -f["index"]))
     log.info("ranking: candidate #%d wins the re-scoring (mean fitness %.4f over %d draws; %d finalists)",
              winner["index"], winner["mean"], cfg.final_rounds, len(final))
-    return state.history[winner["index"]], final
+    return state.candidate(winner["index"]), final
+
+
+def _rescore(ctx: Context, jobs: list[tuple], pool=None) -> list[float]:
+    """candidate_fitness of every (k, alpha, kappa, round) job, in job order; on the pool's
+    workers when there is one."""
+    if pool is None:
+        return [candidate_fitness(ctx, *job)[0]
+                for job in tqdm(jobs, desc="final", unit="cand", leave=False, disable=None)]
+    values = dict((i, out[0]) for i, out in pool.imap("fitness", jobs))
+    return [values[i] for i in range(len(jobs))]
 
 
 def _log_row(cand, dense_macs: int) -> dict[str, Any]:
     return {"index": cand.index, "fitness": cand.fitness, **cand.info,
-            "macs_ratio": cand.info["macs"] / dense_macs}
+            "macs_ratio": cand.info["macs"] / dense_macs, "worker": cand.worker}
 
 
 def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
@@ -392,30 +416,46 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
 
 
-def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray) -> list[dict[str, Any]]:
-    """Prune at every target with the learned ranking, fine-tune, evaluate, save."""
-    cfg, rows = ctx.cfg, []
+def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray, pool=None) -> list[dict[str, Any]]:
+    """Prune at every target with the learned ranking, fine-tune, evaluate, save. Members
+    are fine-tuned on the pool's workers side by side when there is a pool; each one is
+    saved as soon as it is done, so a resumed run fine-tunes only the missing ones."""
+    cfg, done, jobs = ctx.cfg, {}, []
     scores = ctx.scores.transformed(alpha, kappa)
-    for target in tqdm(sorted(set(cfg.targets), reverse=True), desc="family", unit="model", leave=False,
-                       disable=None):
+    targets = sorted(set(cfg.targets), reverse=True)
+    for target in targets:
         name = member_name(cfg, target)
         out = ctx.run / "models" / name
         if (out / "metrics.json").exists():
-            rows.append(read_json_object(out / "metrics.json", f"metrics of {name}"))
+            done[target] = read_json_object(out / "metrics.json", f"metrics of {name}")
             log.info("%s: already fine-tuned, reusing", name)
             continue
         mask, _ = ctx.pruner.prune_to(scores, target)
         mask, extra = _latency_extras(ctx, name, target, scores, mask)
-        net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
-        settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
-        torch.manual_seed(cfg.seed + 1)  # dropout and anything else on the global generator
-        net, val = fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
-                       ctx.device, cfg.seed + 1, f"finetune {name}")
-        rows.append(_finish_member(cfg, ctx.data, net, out, name, target, val, _dense_mac_count(ctx), extra))
-        r = rows[-1]
+        jobs.append((name, target, mask, extra))
+    if pool is None:
+        results = ((i, finetune_member(ctx, name, mask)) for i, (name, _, mask, _) in enumerate(jobs))
+    else:
+        results = pool.imap("finetune", [(name, mask) for name, _, mask, _ in jobs])
+    for i, (net, val) in tqdm(results, total=len(jobs), desc="family", unit="model", leave=False, disable=None):
+        name, target, _, extra = jobs[i]
+        net = net.to(ctx.device)
+        r = done[target] = _finish_member(cfg, ctx.data, net, ctx.run / "models" / name, name, target, val,
+                                          _dense_mac_count(ctx), extra)
         log.info("%s: %.2f MMACs (%.3f of dense), val top-1 %.2f, test top-1 %.2f",
                  name, r["macs"] / 1e6, r["macs_ratio"], r["val_top1"], r["test_top1"])
-    return rows
+    return [done[t] for t in targets]
+
+
+def finetune_member(ctx: Context, name: str, mask: np.ndarray) -> tuple[nn.Module, float]:
+    """The dense model cut to ``mask``, fine-tuned; (network, best val top-1). Seeded per run,
+    so where (and in which order) members are fine-tuned does not change them."""
+    cfg = ctx.cfg
+    net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
+    settings = SGDSettings(lr=cfg.finetune_lr, nesterov=True, schedule="step", batch_size=cfg.batch_size)
+    torch.manual_seed(cfg.seed + 1)  # dropout and anything else on the global generator
+    return fit(net, ctx.data.train, ctx.data.val, ctx.info, cfg.finetune_epochs, settings,
+               ctx.device, cfg.seed + 1, f"finetune {name}")
 
 
 def _dense_mac_count(ctx: Context) -> int:

@@ -82,3 +82,15 @@ def test_latency_targets_quick_mode_end_to_end(tmp_path, monkeypatch):
     assert float(lat["target_ms"]) > 0 and float(lat["measured_ms"]) > 0
     assert float(lat["predicted_ms"]) <= float(lat["target_ms"]) * 1.01
     assert "held-out median err" in sections[0] and (tmp_path / "out" / "latency_targets.png").is_file()
+
+
+def test_search_workers_extrapolation_and_time_to_fitness():
+    from benchmarks.search_workers import extrapolate, time_to
+
+    one = {"compute_ms": 100.0, "overhead_ms": 0.0, "driver_ms": 0.0}
+    assert extrapolate(one, 8) == pytest.approx(8.0)                       # no overhead: linear
+    slow = {"compute_ms": 100.0, "overhead_ms": 25.0, "driver_ms": 5.0}
+    assert extrapolate(slow, 8) == pytest.approx(8 * 105 / 130)            # overhead eats a share
+    assert extrapolate(slow, 1000) == pytest.approx(105 / 5)               # the driver's loop caps it
+    rows = [{"t_s": 1.0, "best_so_far": -3.0}, {"t_s": 2.0, "best_so_far": -2.0}]
+    assert time_to(rows, -2.5) == 2.0 and time_to(rows, -1.0) is None
