@@ -131,7 +131,7 @@ FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1),
 FULL_SEEDS = {"shapes/resnet20": "0,1,2,3,4", "shapes/resnet56": "0,1,2,3,4", "digits/resnet20": "0,1"}
 CACHED_ONLY = False  # --cached-only: report what the cache holds, compute nothing
 FINETUNE = True      # --no-finetune: recalibrated top-1 only
-QUICK = Budget(train_limit=640, pretrain_epochs=8, finetune_epochs=3, population=3, sample=2,
+QUICK = Budget(train_limit=640, pretrain_epochs=6, finetune_epochs=2, population=3, sample=2,
                candidates=5, recal_batches=4, paper_tau=5)
 
 
