@@ -98,14 +98,15 @@ def candidates(bench, seeds: list[int], per_search: int, pattern: str) -> dict[s
     return out
 
 
-def fitness_values(bench, net_at, taus: list[int], recal: int, second: float) -> dict[str, float]:
+def fitness_values(bench, net_at, target: float, taus: list[int], recal: int,
+                   second: float) -> dict[str, float]:
     ctx, b = bench.ctx, bench.budget
     values = {}
     for tau in [0] + taus:
         ev = FitnessEvaluator(ctx.data, ctx.info, ctx.device,
                               FitnessSettings(recal_batches=recal, batch_size=b.batch_size, tau=tau,
                                               tau_lr=b.tau_lr, val_limit=5000, seed=0))
-        _, info = ev(net_at(bench.target), 0)
+        _, info = ev(net_at(target), 0)
         prefix = "" if tau == 0 else f"tau{tau}_"
         values[f"{prefix}loss"] = -info["val_loss"]
         values[f"{prefix}acc"] = info["val_top1"]
@@ -128,14 +129,13 @@ def main(argv=None) -> int:
     device = torch.device("cpu")
     targets = [0.7, 0.5, 0.3, 0.2]
     bench = rq.prepare(args.setting, budget, targets, args.work_dir, device)
-    bench.target = args.target
     seeds = [int(s) for s in args.seeds.split(",")]
     taus = [int(t) for t in args.taus.split(",") if t]
     cands = candidates(bench, seeds, args.per_search, args.search_dirs)
     cache = args.work_dir / "fitness_study" / (f"{args.setting.replace('/', '-')}-t{args.target:g}-"
                                                f"taus{'_'.join(map(str, taus))}-r{args.recal_batches}-"
                                                f"m{args.second_target:g}")
-    rows, t0 = [], time.perf_counter()
+    rows, computed, t0 = [], 0, time.perf_counter()
     names = list(cands) + ["tp_magnitude"]
     tp_nets: dict[float, Any] = {}
     for i, name in enumerate(names):
@@ -148,19 +148,21 @@ def main(argv=None) -> int:
         if path.exists():
             row = json.loads(path.read_text())
         else:
-            row = {"candidate": name, **fitness_values(bench, net_at, taus, args.recal_batches, args.second_target)}
+            row = {"candidate": name, **fitness_values(bench, net_at, args.target, taus, args.recal_batches,
+                                                       args.second_target)}
             ft = rq.finetune_row(bench, name, args.target, 0, net_at(args.target))
             row.update(macs_ratio=ft["macs_ratio"], recal_test=ft["recal_top1"], test_top1=ft["test_top1"])
             if i < args.repeat:
                 row["test_top1_seed1"] = rq.finetune_row(bench, name, args.target, 1, net_at(args.target))["test_top1"]
             io.write_json(path, row)
+            computed += 1
         rows.append(row)
         log.info("%d/%d %s: fine-tuned %.2f", i + 1, len(names), name, row["test_top1"])
-    report(meta, args, rows, time.perf_counter() - t0)
+    report(meta, args, rows, time.perf_counter() - t0, computed)
     return 0
 
 
-def report(meta, args, rows, elapsed: float) -> None:
+def report(meta, args, rows, elapsed: float, computed: int) -> None:
     y = [r["test_top1"] for r in rows]
     fitness_keys = [k for k in rows[0] if k.endswith("loss") or k.endswith("acc")]
     summary = []
@@ -173,8 +175,8 @@ def report(meta, args, rows, elapsed: float) -> None:
     noise = [abs(r["test_top1"] - r["test_top1_seed1"]) for r in rows if "test_top1_seed1" in r]
     out = args.out or common.default_out(NAME, False)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    common.write_results(out, meta, rows, columns, vars(args) | {"work_dir": str(args.work_dir),
-                                                                "out": str(out)},
+    common.write_results(out, meta, rows, columns, {**vars(args), "work_dir": str(args.work_dir),
+                                                          "out": str(out)},
                          {"fitness": summary, "outcome_noise": noise})
     body = (f"{len(rows)} candidate networks at {args.target:g} of the MACs ({args.setting}), each "
             f"scored by every fitness and fine-tuned with ranking_quality's budget "
@@ -182,7 +184,8 @@ def report(meta, args, rows, elapsed: float) -> None:
             f"and fine-tuned test top-1; 'regret' is the best candidate's top-1 minus the one the "
             f"fitness picks. Outcome noise (same network, fine-tune seed 0 vs 1): median "
             f"|diff| {common.median(noise) if noise else float('nan'):.2f} points over {len(noise)} networks. "
-            f"Wall time {elapsed / 60:.1f} min.\n\n"
+            f"Wall time {elapsed / 60:.1f} min for the {computed} candidates computed in this run "
+            f"(the others came from the cache under --work-dir).\n\n"
             + common.md_table(summary, ["fitness", "spearman", "picks", "its top-1", "regret"])
             + "\n\nCandidates (fine-tuned test top-1):\n\n"
             + common.md_table([[r["candidate"], f"{r['macs_ratio']:.3f}", f"{r['recal_test']:.1f}",
