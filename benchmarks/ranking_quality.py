@@ -119,14 +119,24 @@ class Budget:
     round_to: int = 1
     tp_tolerance: float = 0.005   # TP's MACs at most the target and within this fraction below it
 
+    # The LeGR search budget: part of a LeGR variant's key (variant_key, through the
+    # recorded ranking settings), not of the fine-tune rows of the other methods.
+    SEARCH_FIELDS = ("population", "sample", "candidates", "paper_tau", "tau_lr")
+
+    def finetune_key(self) -> str:
+        return self.key(*[f.name for f in dataclasses.fields(self) if f.name not in self.SEARCH_FIELDS])
+
     def key(self, *fields: str) -> str:
         d = {f: getattr(self, f) for f in fields}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # Full-mode budgets per setting ("data/model"), chosen to fit about an hour on 2 cores.
-FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1),
-        "shapes/resnet56": Budget(model="resnet56", pretrain_epochs=10, finetune_epochs=1),
+# ResNet-20 searches with the product's default budget (P=24, S=6, 80 candidates);
+# ResNet-56, whose candidates cost about 4x as much, with 48.
+FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1, population=24, sample=6, candidates=80),
+        "shapes/resnet56": Budget(model="resnet56", pretrain_epochs=20, finetune_epochs=1, population=16,
+                                  sample=4, candidates=48),
         "digits/resnet20": Budget(pretrain_epochs=30, finetune_epochs=3)}
 FULL_SEEDS = {"shapes/resnet20": "0,1,2,3,4", "shapes/resnet56": "0,1,2,3,4", "digits/resnet20": "0,1"}
 CACHED_ONLY = False  # --cached-only: report what the cache holds, compute nothing
@@ -157,7 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also run legr_multi (fitness at the search target and 0.5) at every target")
     p.add_argument("--pretrain-epochs", type=int, help="override the per-setting default")
     p.add_argument("--finetune-epochs", type=int, help="override the per-setting default")
-    p.add_argument("--candidates", type=int, help="LeGR candidates per search (default 32)")
+    p.add_argument("--candidates", type=int,
+                   help="LeGR candidates per search (default: the setting's: 80 on shapes/resnet20, 48 on resnet56)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's; --quick: 1, robust on a busy machine)")
@@ -357,7 +368,7 @@ def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Mo
 def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
     finetune = finetune and FINETUNE
-    key = bench.budget.key(*[f.name for f in dataclasses.fields(Budget)])
+    key = bench.budget.finetune_key()
     name = f"{method}-{variant_key(bench, method)}" if method in LEGR_VARIANTS else method
     stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{name}-t{target:g}-seed{seed}"
     path = Path(f"{stem}{'' if finetune else '-recal'}.json")

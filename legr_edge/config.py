@@ -53,7 +53,8 @@ class SearchConfig:
     tau_batches: str = "common"          # common: every candidate trains on the same batches | per_candidate
     fitness: str = "loss"                # loss | accuracy, on the fixed validation subset
     finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
-    final_rounds: int = 3                # fresh recalibration draws for that re-scoring
+    final_rounds: int = 1                # fresh recalibration draws for that re-scoring
+    final_targets: str = "family"        # finalists re-scored at every family target | only the "search" one
     round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
@@ -86,6 +87,8 @@ class SearchConfig:
             _check_fraction(self.search_target, "--search-target")
         if self.tau_batches not in ("common", "per_candidate"):
             raise LegrError(f"tau_batches must be 'common' or 'per_candidate', got {self.tau_batches!r}")
+        if self.final_targets not in ("family", "search"):
+            raise LegrError(f"--final-targets must be 'family' or 'search', got {self.final_targets!r}")
         if self.fitness not in ("accuracy", "loss"):
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
         if self.scoring not in SCORING:
@@ -126,6 +129,16 @@ class SearchConfig:
     @property
     def effective_fitness_targets(self) -> tuple[float, ...]:
         return self.fitness_targets or (self.effective_search_target,)
+
+    @property
+    def effective_final_targets(self) -> tuple[float, ...]:
+        """Where the finalists are re-scored: the fitness targets, plus (``family``) every
+        target of the family, so a ranking that wins at the search target but collapses
+        at a larger member loses the final choice."""
+        fitness = self.effective_fitness_targets
+        if self.final_targets == "search":
+            return fitness
+        return tuple(sorted(set(fitness) | set(self.targets)))
 
     @property
     def run_dir(self) -> str:

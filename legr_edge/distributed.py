@@ -83,10 +83,11 @@ class Worker:
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "pid": os.getpid(), "threads": self.threads, "device": self.device}
 
-    def fitness(self, k: int, alpha: np.ndarray, kappa: np.ndarray, round: int = 0) -> dict[str, Any]:
+    def fitness(self, k: int, alpha: np.ndarray, kappa: np.ndarray, round: int = 0,
+                targets: tuple[float, ...] | None = None) -> dict[str, Any]:
         from legr_edge.workflow import candidate_fitness
         start = time.perf_counter()
-        value, info = candidate_fitness(self.ctx, k, alpha, kappa, round)
+        value, info = candidate_fitness(self.ctx, k, alpha, kappa, round, targets)
         return {"result": (value, info), "worker": self.label, "seconds": time.perf_counter() - start}
 
     def finetune(self, name: str, mask: np.ndarray) -> dict[str, Any]:

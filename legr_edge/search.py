@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau-lr", type=float, help="learning rate of those steps (0.01)")
     g.add_argument("--fitness", help="loss (default) or accuracy, on the fixed validation subset")
     g.add_argument("--finalists", type=int, help="best candidates re-scored with the seeds on fresh batches (5)")
-    g.add_argument("--final-rounds", type=int, help="fresh recalibration draws of that re-scoring (3)")
+    g.add_argument("--final-rounds", type=int, help="fresh recalibration draws of that re-scoring (1)")
+    g.add_argument("--final-targets", choices=("family", "search"),
+                   help="where the finalists are re-scored: at every target of the family (default: a "
+                        "ranking that collapses at a larger member loses) or only at the search target")
     g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (default: the profile's)")
     g.add_argument("--profile", help="target device profile, a TOML path or a name in profiles/ (default cpu-ort); "
                                      "its round_to and opset are used unless given")

@@ -338,12 +338,14 @@ def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return seeds
 
 
-def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray, round: int = 0):
-    """Prune at every fitness target, score each (see legr_edge.fitness), average."""
+def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray, round: int = 0,
+                      targets: tuple[float, ...] | None = None):
+    """Prune at every fitness target (or at ``targets``), score each (see
+    legr_edge.fitness), average."""
     start = time.perf_counter()
     scores = ctx.scores.transformed(alpha, kappa)
     values, infos = [], []
-    for target in ctx.cfg.effective_fitness_targets:
+    for target in targets or ctx.cfg.effective_fitness_targets:
         mask, _ = ctx.pruner.prune_to(scores, target)
         net = prune_model(ctx.dense, ctx.pruner.coupling, mask)
         value, info = ctx.evaluator(round)(net, k)
@@ -356,7 +358,9 @@ def candidate_fitness(ctx: Context, k: int, alpha: np.ndarray, kappa: np.ndarray
 
 def choose_final(ctx: Context, state: EvolutionState, pool=None) -> tuple[Candidate, list[dict[str, Any]]]:
     """Re-score the best ``finalists`` candidates and the seeds on ``final_rounds`` fresh
-    recalibration draws; the best MEAN wins, so one lucky evaluation cannot decide, and
+    recalibration draws at every final target (``--final-targets family``: every target of
+    the family); the best MEAN wins. One lucky evaluation cannot decide, a ranking that
+    wins at the search target but collapses at a larger member of the family loses, and
     the result is never worse than a seed by the fitness' own (re-scored) measure."""
     cfg = ctx.cfg
     if cfg.finalists == 0 or cfg.final_rounds == 0:
@@ -364,17 +368,21 @@ def choose_final(ctx: Context, state: EvolutionState, pool=None) -> tuple[Candid
     ranked = sorted(state.history, key=lambda c: (-c.fitness, c.index))
     picks = {c.index: c for c in ranked[:cfg.finalists]}
     picks.update({c.index: c for c in state.history if c.index < len(state.seeds)})
-    rounds = range(1, cfg.final_rounds + 1)
-    values = _rescore(ctx, [(c.index, np.asarray(c.alpha), np.asarray(c.kappa), r)
-                            for c in picks.values() for r in rounds], pool)
+    rounds, targets = range(1, cfg.final_rounds + 1), cfg.effective_final_targets
+    values = _rescore(ctx, [(c.index, np.asarray(c.alpha), np.asarray(c.kappa), r, (t,))
+                            for c in picks.values() for r in rounds for t in targets], pool)
     final = []
     for cand in picks.values():
-        rescored = [values.pop(0) for _ in rounds]
-        final.append({"index": cand.index, "search_fitness": cand.fitness, "rescored": rescored,
-                      "mean": float(np.mean(rescored)), "seed": cand.index < len(state.seeds)})
+        by_round = [[values.pop(0) for _ in targets] for _ in rounds]
+        final.append({"index": cand.index, "search_fitness": cand.fitness,
+                      "rescored": [float(np.mean(v)) for v in by_round],
+                      "by_target": {f"{t:g}": float(np.mean([v[i] for v in by_round]))
+                                    for i, t in enumerate(targets)},
+                      "mean": float(np.mean(by_round)), "seed": cand.index < len(state.seeds)})
     winner = max(final, key=lambda f: (f["mean"], -f["index"]))
-    log.info("ranking: candidate #%d wins the re-scoring (mean fitness %.4f over %d draws; %d finalists)",
-             winner["index"], winner["mean"], cfg.final_rounds, len(final))
+    log.info("ranking: candidate #%d wins the re-scoring (mean fitness %.4f over %d draws at targets %s; "
+             "%d finalists)", winner["index"], winner["mean"], cfg.final_rounds,
+             ", ".join(f"{t:g}" for t in targets), len(final))
     return state.candidate(winner["index"]), final
 
 
@@ -411,7 +419,7 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
 def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     keys = ("scoring", "score_norm", "group_reduce", "seed_population", "init_scale", "mutate_scale",
             "population", "sample", "candidates", "recal_batches", "fitness_val_limit", "fitness_targets",
-            "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "round_to", "min_fraction",
+            "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "final_targets", "round_to", "min_fraction",
             "min_channels", "seed", "batch_size")
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
 

@@ -191,3 +191,42 @@ def test_same_seed_gives_the_same_ranking_and_family(tiny_run, tmp_path):
     dense_b = torch.load(out / "models" / "dense" / "weights.pt", weights_only=True)
     assert all(torch.equal(dense_a[k], dense_b[k]) for k in dense_a)
     assert _rows(tiny_run / "flops_table.csv") == _rows(out / "flops_table.csv")
+
+
+def test_final_choice_scores_finalists_at_every_family_target(tiny_run):
+    ranking = json.loads((tiny_run / "ranking.json").read_text())
+    targets = sorted(float(t) for t in ranking["final"][0]["by_target"])
+    assert targets == [0.4, 0.6] and ranking["settings"]["final_targets"] == "family"
+    for f in ranking["final"]:
+        assert f["mean"] == pytest.approx(sum(f["by_target"].values()) / 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("final_targets, winner", [("family", 0), ("search", 5)])
+def test_a_ranking_that_collapses_at_a_larger_member_loses_the_final_choice(monkeypatch, final_targets, winner):
+    """Candidate 5 is the best at the search target (0.2) and collapses at 0.5; the
+    identity seed (0) is a little worse at 0.2 and sound at 0.5."""
+    import types
+
+    import numpy as np
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState
+
+    at = {0: {0.2: -1.2, 0.5: -0.5}, 5: {0.2: -1.1, 0.5: -1.5}}
+    calls = []
+
+    def fitness(ctx, k, alpha, kappa, round=0, targets=None):
+        calls.append((k, round, targets))
+        return float(np.mean([at.get(k, {0.2: -3.0, 0.5: -3.0})[t] for t in targets])), {}
+
+    monkeypatch.setattr(workflow, "candidate_fitness", fitness)
+    cfg = SearchConfig(targets=(0.5, 0.2), finalists=1, final_rounds=2, final_targets=final_targets)
+    state = EvolutionState.fresh(EvolutionSettings(population=6, sample=2, candidates=6), np.ones(2),
+                                 [(np.ones(2), np.zeros(2))])
+    state.history = [Candidate(k, [1.0, 1.0], [0.0, 0.0], {0: -1.2, 5: -1.1}.get(k, -3.0), {})
+                     for k in range(6)]
+    best, final = workflow.choose_final(types.SimpleNamespace(cfg=cfg), state)
+    assert best.index == winner
+    expected = (0.2, 0.5) if final_targets == "family" else (0.2,)
+    assert sorted({c[2] for c in calls}) == [(t,) for t in expected]
+    assert {c[1] for c in calls} == {1, 2} and {f["index"] for f in final} == {0, 5}
