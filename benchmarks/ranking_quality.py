@@ -92,6 +92,8 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr_multi": {"fitness_targets": "SEARCH,0.5"},
 }
 ABLATIONS = tuple(k for k in LEGR_VARIANTS if k.startswith("abl_"))
+# legr's own search, every member cut with its one winning ranking (--member-choice one)
+LEGR_ONE = "legr_one"
 CACHE_VERSION = 3  # bump when a method's code changes: cached fine-tune results are keyed by it
 COLUMNS = ("setting", "method", "target", "seed", "macs", "macs_ratio", "recal_top1",
            "val_top1", "test_top1", "finetune_s")
@@ -261,8 +263,10 @@ def variant_key(bench: Bench, variant: str, seed: int = 0) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
-    """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``."""
+def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dict[float, np.ndarray] | None:
+    """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``;
+    the channel scores each target's network is cut with: the product's member choice, or
+    (``one``) the single winning ranking at every target."""
     b, over = bench.budget, LEGR_VARIANTS[variant]
     run = bench.root / f"{variant}-{variant_key(bench, variant)}-t{min(bench.targets):g}-seed{seed}"
     if CACHED_ONLY and not (run / "ranking.json").exists():
@@ -273,9 +277,11 @@ def legr_scores(bench: Bench, seed: int, variant: str) -> np.ndarray | None:
     ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={},
                               scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce))
     t0 = time.perf_counter()
-    alpha, kappa = workflow.search_ranking(ctx)
+    ranking = workflow.search_ranking(ctx)
     log.info("%s: %s ranking (seed %d) ready in %.0fs", bench.setting, variant, seed, time.perf_counter() - t0)
-    return ctx.scores.transformed(alpha, kappa)
+    if one:
+        return {t: ctx.scores.transformed(ranking.alpha, ranking.kappa) for t in bench.targets}
+    return {t: ctx.scores.transformed(*ranking.for_target(t)) for t in bench.targets}
 
 
 def l2_scores(bench: Bench) -> np.ndarray:
@@ -287,7 +293,10 @@ def random_scores(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(10_000 + seed).random(n)
 
 
-def masked_net(bench: Bench, scores: np.ndarray, target: float) -> nn.Module:
+def masked_net(bench: Bench, scores: np.ndarray | dict[float, np.ndarray], target: float) -> nn.Module:
+    """The dense model cut at ``target`` by ``scores`` (or by ``scores[target]``)."""
+    if isinstance(scores, dict):
+        scores = scores[target]
     mask, _ = bench.pruner.prune_to(scores, target)
     return prune_model(bench.ctx.dense, bench.pruner.coupling, mask)
 
@@ -369,7 +378,10 @@ def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
     finetune = finetune and FINETUNE
     key = bench.budget.finetune_key()
-    name = f"{method}-{variant_key(bench, method)}" if method in LEGR_VARIANTS else method
+    if method == LEGR_ONE:
+        name = f"{method}-{variant_key(bench, 'legr')}"
+    else:
+        name = f"{method}-{variant_key(bench, method)}" if method in LEGR_VARIANTS else method
     stem = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / f"{name}-t{target:g}-seed{seed}"
     path = Path(f"{stem}{'' if finetune else '-recal'}.json")
     if path.exists():
@@ -396,6 +408,8 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: in
         scores = dict(fixed, random=random_scores(len(l2), seed))
         for variant in [m for m in methods if m in LEGR_VARIANTS]:
             scores[variant] = legr_scores(bench, seed, variant)
+        if LEGR_ONE in methods:
+            scores[LEGR_ONE] = legr_scores(bench, seed, "legr", one=True)
         for target in bench.targets:
             for method in methods:
                 if method == "tp_magnitude":
@@ -536,7 +550,8 @@ def paired(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any
             per = {m: {r["seed"]: r[metric] for r in _by(rows, setting=setting, target=target, method=m)
                        if r[metric] is not None} for m in methods}
             legr = per.get("legr", {})
-            others = {m: v for m, v in per.items() if m not in ("legr", "legr_multi") and v}
+            others = {m: v for m, v in per.items()
+                      if (m not in LEGR_VARIANTS or m == "legr_paper") and m != LEGR_ONE and v}
             if not legr or not others:
                 continue
             best = max(others, key=lambda m: np.mean(list(others[m].values())))
@@ -646,7 +661,7 @@ def main(argv=None) -> int:
     settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
     targets = floats(args.targets or ("0.5,0.3" if args.quick else "0.7,0.5,0.3,0.2"))
     methods = [m for m in args.methods.split(",") if m] + (["legr_multi"] if args.multi_target else [])
-    unknown = set(methods) - set(METHODS) - {"legr_multi"}
+    unknown = set(methods) - set(METHODS) - set(LEGR_VARIANTS) - {LEGR_ONE}
     if unknown:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
     ablate = set(a for a in args.ablation.split(",") if a) if not args.quick else set()

@@ -55,6 +55,7 @@ class SearchConfig:
     finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
     final_rounds: int = 1                # fresh recalibration draws for that re-scoring
     final_targets: str = "family"        # finalists re-scored at every family target | only the "search" one
+    member_choice: str = "per_target"    # each member: the finalist best at its target | "one" ranking for all
     round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
@@ -89,6 +90,8 @@ class SearchConfig:
             raise LegrError(f"tau_batches must be 'common' or 'per_candidate', got {self.tau_batches!r}")
         if self.final_targets not in ("family", "search"):
             raise LegrError(f"--final-targets must be 'family' or 'search', got {self.final_targets!r}")
+        if self.member_choice not in ("per_target", "one"):
+            raise LegrError(f"--member-choice must be 'per_target' or 'one', got {self.member_choice!r}")
         if self.fitness not in ("accuracy", "loss"):
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
         if self.scoring not in SCORING:

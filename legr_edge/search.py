@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--final-targets", choices=("family", "search"),
                    help="where the finalists are re-scored: at every target of the family (default: a "
                         "ranking that collapses at a larger member loses) or only at the search target")
+    g.add_argument("--member-choice", choices=("per_target", "one"),
+                   help="per_target (default): each family member is cut with the finalist that re-scored "
+                        "best at its own target; one: every member with the single winning ranking")
     g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (default: the profile's)")
     g.add_argument("--profile", help="target device profile, a TOML path or a name in profiles/ (default cpu-ort); "
                                      "its round_to and opset are used unless given")

@@ -5,7 +5,8 @@ Stages, each resumable from the run directory:
 2. ranking: regularized evolution of per-layer (alpha, kappa) at the search target,
    state saved after every candidate (``search_state.json``); the best few candidates
    and the seeds are re-scored on fresh batches and the best mean wins (``ranking.json``);
-3. family: prune the dense model with the learned ranking at every target, fine-tune,
+3. family: prune the dense model at every target with the learned ranking (by default
+   the finalist that re-scored best at that target, ``--member-choice``), fine-tune,
    evaluate (``models/<name>``, one ``metrics.json`` each when finished);
 4. reports: ``flops_table.csv`` + ``tradeoff_flops.png``; then ONNX export.
 """
@@ -98,10 +99,10 @@ def run_search(cfg: SearchConfig, resume: bool) -> Path:
         from legr_edge.distributed import open_pool
         pool = open_pool(ctx)
     try:
-        alpha, kappa = search_ranking(ctx, pool)
+        ranking = search_ranking(ctx, pool)
         if ctx.latency is not None:
             dense_row = {**dense_row, "predicted_ms": ctx.latency.dense_macs(ctx.pruner.coupling.num_channels)}
-        rows = [dense_row] + build_family(ctx, alpha, kappa, pool)
+        rows = [dense_row] + build_family(ctx, ranking, pool)
     finally:
         if pool is not None:
             pool.close()
@@ -277,7 +278,27 @@ def make_context(cfg, run, device, data, dense) -> Context:
     return Context(cfg, run, device, data, dense, scores, pruner, latency)
 
 
-def search_ranking(ctx: Context, pool=None) -> tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class LearnedRanking:
+    """The search's result: the winning (alpha, kappa), and per family target the
+    transform its member is cut with (``--member-choice``; the winner where not given)."""
+
+    alpha: np.ndarray
+    kappa: np.ndarray
+    members: dict[float, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def for_target(self, target: float) -> tuple[np.ndarray, np.ndarray]:
+        return self.members.get(target, (self.alpha, self.kappa))
+
+    @classmethod
+    def from_json(cls, ranking: dict[str, Any]) -> "LearnedRanking":
+        members = {float(m["target"]): (np.array(m["alpha"], dtype=float), np.array(m["kappa"], dtype=float))
+                   for m in ranking.get("members", [])}
+        return cls(np.array([l["alpha"] for l in ranking["layers"]], dtype=float),
+                   np.array([l["kappa"] for l in ranking["layers"]], dtype=float), members)
+
+
+def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
     """Learn (alpha, kappa) by regularized evolution; resumes from search_state.json.
     ``pool`` (legr_edge.distributed.RayPool) evaluates candidates on workers; default here."""
     cfg, run = ctx.cfg, ctx.run
@@ -287,8 +308,7 @@ def search_ranking(ctx: Context, pool=None) -> tuple[np.ndarray, np.ndarray]:
             raise LegrError(f"{run / 'ranking.json'} was learned with other settings "
                             f"({ranking['settings']}); delete it or use another --out")
         log.info("ranking: reusing %s (best fitness %.4f)", run / "ranking.json", ranking["best_fitness"])
-        return (np.array([l["alpha"] for l in ranking["layers"]]),
-                np.array([l["kappa"] for l in ranking["layers"]]))
+        return LearnedRanking.from_json(ranking)
     settings = EvolutionSettings(cfg.population, cfg.sample, cfg.candidates, 0.1, cfg.seed,
                                  cfg.init_scale, cfg.mutate_scale, around_seeds=cfg.seed_population)
     state_path = run / "search_state.json"
@@ -318,8 +338,10 @@ def search_ranking(ctx: Context, pool=None) -> tuple[np.ndarray, np.ndarray]:
     evolve_async(pool or SerialPool(lambda k, a, kp: candidate_fitness(ctx, k, a, kp)), state, state_path, record)
     bar.close()
     best, final = choose_final(ctx, state, pool)
-    write_ranking(ctx, best, final)
-    return np.asarray(best.alpha), np.asarray(best.kappa)
+    members = choose_members(ctx, state, best, final)
+    write_ranking(ctx, best, final, members)
+    return LearnedRanking(np.asarray(best.alpha), np.asarray(best.kappa),
+                          {t: (np.asarray(c.alpha), np.asarray(c.kappa)) for t, c in members.items()})
 
 
 def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -386,6 +408,27 @@ def choose_final(ctx: Context, state: EvolutionState, pool=None) -> tuple[Candid
     return state.candidate(winner["index"]), final
 
 
+def choose_members(ctx: Context, state: EvolutionState, best: Candidate,
+                   final: list[dict[str, Any]]) -> dict[float, Candidate]:
+    """The candidate each family member is cut with: with ``--member-choice per_target``
+    the finalist (seeds included) whose re-scored fitness at that target is the best,
+    else the winner. A ranking learned at the smallest target is not always the best at
+    the largest ones (where the seeds often re-score better); this costs nothing more,
+    the re-scoring measured every finalist at every target already."""
+    cfg = ctx.cfg
+    members = {t: best for t in cfg.targets}
+    if cfg.member_choice != "per_target":
+        return members
+    for t in cfg.targets:
+        scored = [f for f in final if f"{t:g}" in f.get("by_target", {})]
+        if scored:
+            pick = max(scored, key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))
+            members[t] = state.candidate(pick["index"])
+    picked = {f"{t:g}": c.index for t, c in sorted(members.items())}
+    log.info("ranking: members cut with candidates %s (target: candidate)", picked)
+    return members
+
+
 def _rescore(ctx: Context, jobs: list[tuple], pool=None) -> list[float]:
     """candidate_fitness of every (k, alpha, kappa, round) job, in job order; on the pool's
     workers when there is one."""
@@ -401,8 +444,10 @@ def _log_row(cand, dense_macs: int) -> dict[str, Any]:
             "macs_ratio": cand.info["macs"] / dense_macs, "worker": cand.worker}
 
 
-def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
+def write_ranking(ctx: Context, best, final: list[dict[str, Any]],
+                  members: dict[float, Candidate] | None = None) -> None:
     cfg = ctx.cfg
+    members = members or {}
     io.write_json(ctx.run / "ranking.json", {
         "format": "legr_edge.ranking/2", "model": cfg.model, "dataset": cfg.dataset,
         "search_target": cfg.effective_search_target, "fitness_metric": cfg.fitness,
@@ -411,6 +456,9 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
         "final": final,
         "layers": [{"name": n, "alpha": a, "kappa": k}
                    for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
+        # per family target: the candidate its member is cut with (--member-choice)
+        "members": [{"target": t, "index": c.index, "alpha": list(c.alpha), "kappa": list(c.kappa)}
+                    for t, c in sorted(members.items())],
         "settings": _ranking_settings(cfg),
         "dense_macs": _dense_mac_count(ctx), "cost": ctx.cfg.cost,
     })
@@ -419,17 +467,17 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]]) -> None:
 def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     keys = ("scoring", "score_norm", "group_reduce", "seed_population", "init_scale", "mutate_scale",
             "population", "sample", "candidates", "recal_batches", "fitness_val_limit", "fitness_targets",
-            "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "final_targets", "round_to", "min_fraction",
-            "min_channels", "seed", "batch_size")
+            "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "final_targets",
+            "member_choice", "round_to", "min_fraction", "min_channels", "seed", "batch_size")
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
 
 
-def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray, pool=None) -> list[dict[str, Any]]:
-    """Prune at every target with the learned ranking, fine-tune, evaluate, save. Members
+def build_family(ctx: Context, ranking: LearnedRanking, pool=None) -> list[dict[str, Any]]:
+    """Prune at every target with the learned ranking (the member's own pick, see
+    choose_members), fine-tune, evaluate, save. Members
     are fine-tuned on the pool's workers side by side when there is a pool; each one is
     saved as soon as it is done, so a resumed run fine-tunes only the missing ones."""
     cfg, done, jobs = ctx.cfg, {}, []
-    scores = ctx.scores.transformed(alpha, kappa)
     targets = sorted(set(cfg.targets), reverse=True)
     for target in targets:
         name = member_name(cfg, target)
@@ -438,6 +486,7 @@ def build_family(ctx: Context, alpha: np.ndarray, kappa: np.ndarray, pool=None) 
             done[target] = read_json_object(out / "metrics.json", f"metrics of {name}")
             log.info("%s: already fine-tuned, reusing", name)
             continue
+        scores = ctx.scores.transformed(*ranking.for_target(target))
         mask, _ = ctx.pruner.prune_to(scores, target)
         mask, extra = _latency_extras(ctx, name, target, scores, mask)
         jobs.append((name, target, mask, extra))

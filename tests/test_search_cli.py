@@ -225,8 +225,31 @@ def test_a_ranking_that_collapses_at_a_larger_member_loses_the_final_choice(monk
                                  [(np.ones(2), np.zeros(2))])
     state.history = [Candidate(k, [1.0, 1.0], [0.0, 0.0], {0: -1.2, 5: -1.1}.get(k, -3.0), {})
                      for k in range(6)]
-    best, final = workflow.choose_final(types.SimpleNamespace(cfg=cfg), state)
+    ctx = types.SimpleNamespace(cfg=cfg)
+    best, final = workflow.choose_final(ctx, state)
     assert best.index == winner
     expected = (0.2, 0.5) if final_targets == "family" else (0.2,)
     assert sorted({c[2] for c in calls}) == [(t,) for t in expected]
     assert {c[1] for c in calls} == {1, 2} and {f["index"] for f in final} == {0, 5}
+    # each member is cut with the finalist best at its own target (where it was re-scored)
+    members = workflow.choose_members(ctx, state, best, final)
+    if final_targets == "family":
+        assert {t: c.index for t, c in members.items()} == {0.2: 5, 0.5: 0}
+    else:
+        assert {t: c.index for t, c in members.items()} == {0.2: 5, 0.5: 5}
+    one = types.SimpleNamespace(cfg=SearchConfig(targets=(0.5, 0.2), member_choice="one"))
+    assert {c.index for c in workflow.choose_members(one, state, best, final).values()} == {best.index}
+
+
+def test_ranking_json_records_each_members_transform(tiny_run):
+    ranking = json.loads((tiny_run / "ranking.json").read_text())
+    members = {m["target"]: m for m in ranking["members"]}
+    assert sorted(members) == [0.4, 0.6]
+    final = {f["index"]: f for f in ranking["final"]}
+    for t, m in members.items():
+        assert m["index"] == max(final.values(), key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))["index"]
+        assert len(m["alpha"]) == len(m["kappa"]) == len(ranking["layers"])
+    loaded = workflow.LearnedRanking.from_json(ranking)
+    for t, m in members.items():
+        assert list(loaded.for_target(t)[0]) == m["alpha"]
+    assert list(loaded.for_target(0.33)[0]) == [layer["alpha"] for layer in ranking["layers"]]
