@@ -5,8 +5,12 @@ budget, prune to each MAC target with every method and compare test top-1 over
 paired seeds:
 
 - ``legr``: the product's learned ranking (``--scoring v2``: per-layer z-scored filter
-  norms, group mean, seeded and well-scaled evolution, BatchNorm-recalibrated loss
-  fitness, re-scored finalists), searched at the smallest target, used at every target;
+  norms, group mean, seeded and well-scaled evolution, a fitness of 10 SGD steps on
+  common batches + BatchNorm recalibration + validation loss), searched at the smallest
+  target; the finalists and seeds are re-scored at every target and each target's
+  network is cut with the finalist best there (the product's ``--member-choice``);
+- ``legr_one`` (``--methods``): the same search, every target cut with its one winning
+  ranking (``--member-choice one``), to measure what the per-member choice adds;
 - ``legr_paper``: the published method (``--scoring paper``), same search budget;
 - ``l2``: global ranking by raw squared L2 filter norm, a group summing its members;
 - ``uniform``: the same kept fraction in every channel group (best filters by L2);
