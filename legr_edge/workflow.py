@@ -291,11 +291,35 @@ class LearnedRanking:
         return self.members.get(target, (self.alpha, self.kappa))
 
     @classmethod
-    def from_json(cls, ranking: dict[str, Any]) -> "LearnedRanking":
-        members = {float(m["target"]): (np.array(m["alpha"], dtype=float), np.array(m["kappa"], dtype=float))
-                   for m in ranking.get("members", [])}
-        return cls(np.array([l["alpha"] for l in ranking["layers"]], dtype=float),
-                   np.array([l["kappa"] for l in ranking["layers"]], dtype=float), members)
+    def from_json(cls, ranking: dict[str, Any], layer_names: tuple[str, ...], targets: tuple[float, ...],
+                  path: Path | str = "ranking.json") -> "LearnedRanking":
+        """Read back a ``ranking.json`` (untrusted: it travels with the run directory).
+        Every transform must have one finite number per scored layer, the layers must be
+        this model's, and a member's target must be one of ``targets``."""
+        layers = ranking.get("layers")
+        if not isinstance(layers, list) or [l.get("name") if isinstance(l, dict) else None
+                                             for l in layers] != list(layer_names):
+            raise LegrError(f"{path}: 'layers' does not name this model's {len(layer_names)} scored layers")
+
+        def vector(values, key: str) -> np.ndarray:
+            try:
+                out = np.array(values, dtype=float)
+            except (TypeError, ValueError):
+                out = np.array([])
+            if out.shape != (len(layer_names),) or not np.all(np.isfinite(out)):
+                raise LegrError(f"{path}: {key} must be {len(layer_names)} finite numbers")
+            return out
+
+        members = {}
+        for i, m in enumerate(ranking.get("members", [])):
+            target = m.get("target") if isinstance(m, dict) else None
+            if target not in targets:
+                raise LegrError(f"{path}: members[{i}].target {target!r} is not one of the targets "
+                                f"{', '.join(f'{t:g}' for t in targets)}")
+            members[float(target)] = (vector(m.get("alpha"), f"members[{i}].alpha"),
+                                      vector(m.get("kappa"), f"members[{i}].kappa"))
+        return cls(vector([l.get("alpha") for l in layers], "layers[].alpha"),
+                   vector([l.get("kappa") for l in layers], "layers[].kappa"), members)
 
 
 def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
@@ -308,7 +332,7 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
             raise LegrError(f"{run / 'ranking.json'} was learned with other settings "
                             f"({ranking['settings']}); delete it or use another --out")
         log.info("ranking: reusing %s (best fitness %.4f)", run / "ranking.json", ranking["best_fitness"])
-        return LearnedRanking.from_json(ranking)
+        return LearnedRanking.from_json(ranking, ctx.scores.layer_names, cfg.targets, run / "ranking.json")
     settings = EvolutionSettings(cfg.population, cfg.sample, cfg.candidates, 0.1, cfg.seed,
                                  cfg.init_scale, cfg.mutate_scale, around_seeds=cfg.seed_population)
     state_path = run / "search_state.json"
@@ -420,7 +444,7 @@ def choose_members(ctx: Context, state: EvolutionState, best: Candidate,
     if cfg.member_choice != "per_target":
         return members
     for t in cfg.targets:
-        scored = [f for f in final if f"{t:g}" in f.get("by_target", {})]
+        scored = [f for f in final if f"{t:g}" in f["by_target"]]
         if scored:
             pick = max(scored, key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))
             members[t] = state.candidate(pick["index"])
@@ -444,10 +468,8 @@ def _log_row(cand, dense_macs: int) -> dict[str, Any]:
             "macs_ratio": cand.info["macs"] / dense_macs, "worker": cand.worker}
 
 
-def write_ranking(ctx: Context, best, final: list[dict[str, Any]],
-                  members: dict[float, Candidate] | None = None) -> None:
+def write_ranking(ctx: Context, best, final: list[dict[str, Any]], members: dict[float, Candidate]) -> None:
     cfg = ctx.cfg
-    members = members or {}
     io.write_json(ctx.run / "ranking.json", {
         "format": "legr_edge.ranking/2", "model": cfg.model, "dataset": cfg.dataset,
         "search_target": cfg.effective_search_target, "fitness_metric": cfg.fitness,

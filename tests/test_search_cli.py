@@ -249,7 +249,33 @@ def test_ranking_json_records_each_members_transform(tiny_run):
     for t, m in members.items():
         assert m["index"] == max(final.values(), key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))["index"]
         assert len(m["alpha"]) == len(m["kappa"]) == len(ranking["layers"])
-    loaded = workflow.LearnedRanking.from_json(ranking)
+    names = tuple(layer["name"] for layer in ranking["layers"])
+    loaded = workflow.LearnedRanking.from_json(ranking, names, (0.6, 0.4))
     for t, m in members.items():
         assert list(loaded.for_target(t)[0]) == m["alpha"]
     assert list(loaded.for_target(0.33)[0]) == [layer["alpha"] for layer in ranking["layers"]]
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda r: r["members"][0].update(alpha=r["members"][0]["alpha"][:-1]), "members[0].alpha must be 21 finite"),
+    (lambda r: r["members"][0].update(kappa=["nan"] * 21), "members[0].kappa must be 21 finite"),
+    (lambda r: r["members"][1].update(target=0.33), "members[1].target 0.33 is not one of the targets"),
+    (lambda r: r["layers"][0].update(name="evil"), "'layers' does not name this model's 21 scored layers"),
+])
+def test_a_tampered_ranking_json_is_refused_on_resume(tiny_run, tmp_path, corrupt, message, caplog):
+    """ranking.json travels with the run directory: a resumed run checks it before
+    cutting any member with it, fails with one line, and leaves the run as it was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for member in (run / "models").iterdir():
+        if member.name != "dense":
+            shutil.rmtree(member)
+    ranking = json.loads((run / "ranking.json").read_text())
+    corrupt(ranking)
+    (run / "ranking.json").write_text(json.dumps(ranking))
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    assert main(TINY_SEARCH + ["--out", str(run), "--resume", "--no-export"]) == 1
+    assert message in caplog.text
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
