@@ -165,6 +165,11 @@ def text_table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines + [fmt.format(*r) for r in rows])
 
 
+def in_benchmarks(path: Path) -> bool:
+    """Whether ``path`` lies below benchmarks/ (a result folder RESULTS.md may link to)."""
+    return rel(path) != str(path)
+
+
 def rel(path: Path) -> str:
     """``path`` relative to benchmarks/ (for links in RESULTS.md) when it lies below it."""
     try:

@@ -145,8 +145,10 @@ FULL = {"shapes/resnet20": Budget(pretrain_epochs=15, finetune_epochs=1, populat
                                   sample=4, candidates=48),
         "digits/resnet20": Budget(pretrain_epochs=30, finetune_epochs=3)}
 FULL_SEEDS = {"shapes/resnet20": "0,1,2,3,4", "shapes/resnet56": "0,1,2,3,4", "digits/resnet20": "0,1"}
+FULL_TARGETS, QUICK_TARGETS = (0.7, 0.5, 0.3, 0.2), (0.5, 0.3)
 CACHED_ONLY = False  # --cached-only: report what the cache holds, compute nothing
 FINETUNE = True      # --no-finetune: recalibrated top-1 only
+FINETUNE_TARGETS: set[float] | None = None  # --finetune-targets: the others recalibrated only
 QUICK = Budget(train_limit=640, pretrain_epochs=6, finetune_epochs=2, population=3, sample=2,
                candidates=5, recal_batches=4, paper_tau=5)
 
@@ -166,6 +168,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="settings that get the ablation at the search target ('' for none)")
     p.add_argument("--no-finetune", action="store_true",
                    help="score every pruned network after recalibration only (no fine-tuning): a cheaper run")
+    p.add_argument("--finetune-targets",
+                   help="fine-tune only at these targets, the others recalibrated only (e.g. a longer "
+                        "--finetune-epochs where pruning hurts most)")
     p.add_argument("--ablation-seeds", type=int, default=3, help="how many of the seeds the ablation runs (3)")
     p.add_argument("--cached-only", action="store_true",
                    help="compute nothing: report the rows the cache holds (e.g. after an interrupted run)")
@@ -264,6 +269,9 @@ def variant_key(bench: Bench, variant: str, seed: int = 0) -> str:
     gets new searches and new fine-tune rows instead of stale cached ones."""
     cfg = search_config(bench.dataset, bench.budget, bench.targets, seed, bench.root, **LEGR_VARIANTS[variant])
     settings = dict(workflow._ranking_settings(cfg), seed=None)
+    if tuple(bench.targets) not in (FULL_TARGETS, QUICK_TARGETS):
+        # the family re-scoring depends on the targets; the usual ones keep their old keys
+        settings["targets"] = list(bench.targets)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -380,7 +388,7 @@ def finetune_row(bench: Bench, method: str, target: float, seed: int, net: nn.Mo
 
 def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
                finetune: bool = True) -> dict[str, Any]:
-    finetune = finetune and FINETUNE
+    finetune = finetune and FINETUNE and (FINETUNE_TARGETS is None or target in FINETUNE_TARGETS)
     key = bench.budget.finetune_key()
     if method == LEGR_ONE:
         name = f"{method}-{variant_key(bench, 'legr')}"
@@ -659,11 +667,13 @@ def plot(summary: list[dict[str, Any]], dense: dict[str, float], methods: list[s
 def main(argv=None) -> int:
     global CACHED_ONLY, FINETUNE
     args = parse_args(argv)
+    global FINETUNE_TARGETS
     CACHED_ONLY, FINETUNE = args.cached_only, not args.no_finetune
+    FINETUNE_TARGETS = set(floats(args.finetune_targets)) if args.finetune_targets else None
     meta = common.start(NAME, args.quick, args.verbose)
     common.set_threads(args.threads or (1 if args.quick else None))
     settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
-    targets = floats(args.targets or ("0.5,0.3" if args.quick else "0.7,0.5,0.3,0.2"))
+    targets = floats(args.targets) if args.targets else list(QUICK_TARGETS if args.quick else FULL_TARGETS)
     methods = [m for m in args.methods.split(",") if m] + (["legr_multi"] if args.multi_target else [])
     unknown = set(methods) - set(METHODS) - set(LEGR_VARIANTS) - {LEGR_ONE}
     if unknown:
@@ -713,10 +723,12 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
                                      "ablation.csv": (abl, ABLATION_COLUMNS)})
     png = out / f"{NAME}.png"
     plot(summary, dense, [m for m in methods], png)
+    # the seeds the rows come from (a --cached-only report may hold fewer than were asked for)
+    held = {s: sorted({r["seed"] for r in rows if r["setting"] == s}) for s in seeds}
     parts = [
         f"Test top-1 (%) per method: fine-tuned mean±std over seeds / right after BatchNorm recalibration, "
         f"no fine-tuning (mean), achieved MACs/dense in brackets. Seeds: "
-        + "; ".join(f"{s} {v}" for s, v in seeds.items()) + ". Dense: "
+        + "; ".join(f"{s} {v}" for s, v in held.items()) + ". Dense: "
         + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()) + f". Wall time {elapsed / 60:.1f} min.",
         common.md_table(trows, header)]
     if abl:
@@ -742,7 +754,10 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
     parts += ["Budgets: " + "; ".join(f"{d}: " + ", ".join(f"{k}={v}" for k, v in b.items())
                                       for d, b in budgets.items()),
               f"![ranking quality]({common.rel(png)}) · data: `{common.rel(out)}/`"]
-    common.update_results_md(meta, "\n\n".join(parts))
+    if common.in_benchmarks(out):
+        common.update_results_md(meta, "\n\n".join(parts))
+    else:  # a scratch --out: RESULTS.md would link outside the repository
+        log.info("--out lies outside benchmarks/: RESULTS.md left as it is")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,8 @@ def test_search_workers_extrapolation_and_time_to_fitness():
     assert extrapolate(slow, 1000) == pytest.approx(105 / 5)               # the driver's loop caps it
     rows = [{"t_s": 1.0, "best_so_far": -3.0}, {"t_s": 2.0, "best_so_far": -2.0}]
     assert time_to(rows, -2.5) == 2.0 and time_to(rows, -1.0) is None
+
+
+def test_only_result_folders_below_benchmarks_are_linked_from_results_md(tmp_path):
+    assert common.in_benchmarks(common.BENCH_DIR / "results" / "ranking_quality")
+    assert not common.in_benchmarks(tmp_path / "scratch")
