@@ -699,6 +699,10 @@ def main(argv=None) -> int:
         with tqdm(total=n, desc=setting, unit="model", disable=None) as bar:
             rows += run_setting(bench, methods, seeds, n_ablation, bar)
     elapsed = time.perf_counter() - t0
+    if not rows:
+        log.error("no rows to report%s", " (--cached-only: nothing cached for these settings under "
+                  f"{args.work_dir})" if CACHED_ONLY else "")
+        return 1
     report(meta, out, rows, methods, dense, budgets, targets, seeds_used, elapsed, norm_rows, spread)
     return 0
 
