@@ -94,7 +94,12 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "abl_no_final": {"finalists": 0},
     # not an ablation: score candidates at the search target and 0.5 (--multi-target)
     "legr_multi": {"fitness_targets": "SEARCH,0.5"},
+    # not an ablation: every channel group keeps at least a quarter of its channels (the
+    # product's floor is a tenth), against the narrow bottlenecks searched 0.2 members have
+    "legr_floor25": {"min_fraction": 0.25},
 }
+# variant keys that change the pruner's floors or rounding, not only the search
+PRUNER_FIELDS = ("round_to", "min_fraction", "min_channels")
 ABLATIONS = tuple(k for k in LEGR_VARIANTS if k.startswith("abl_"))
 # legr's own search, every member cut with its one winning ranking (--member-choice one)
 LEGR_ONE = "legr_one"
@@ -286,7 +291,7 @@ def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dic
     run.mkdir(parents=True, exist_ok=True)
     cfg = search_config(bench.dataset, b, bench.targets, seed, run, **over)
     dense, coupling = bench.ctx.dense, bench.pruner.coupling
-    ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={},
+    ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={}, pruner=variant_pruner(bench, variant),
                               scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce))
     t0 = time.perf_counter()
     ranking = workflow.search_ranking(ctx)
@@ -305,12 +310,20 @@ def random_scores(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(10_000 + seed).random(n)
 
 
-def masked_net(bench: Bench, scores: np.ndarray | dict[float, np.ndarray], target: float) -> nn.Module:
+def variant_pruner(bench: Bench, method: str):
+    """The pruner a method cuts with: the setting's, or a LeGR variant's own floors."""
+    over = {k: v for k, v in LEGR_VARIANTS.get(method, {}).items() if k in PRUNER_FIELDS}
+    return dataclasses.replace(bench.pruner, **over) if over else bench.pruner
+
+
+def masked_net(bench: Bench, scores: np.ndarray | dict[float, np.ndarray], target: float,
+               pruner=None) -> nn.Module:
     """The dense model cut at ``target`` by ``scores`` (or by ``scores[target]``)."""
     if isinstance(scores, dict):
         scores = scores[target]
-    mask, _ = bench.pruner.prune_to(scores, target)
-    return prune_model(bench.ctx.dense, bench.pruner.coupling, mask)
+    pruner = pruner or bench.pruner
+    mask, _ = pruner.prune_to(scores, target)
+    return prune_model(bench.ctx.dense, pruner.coupling, mask)
 
 
 # ----- Torch-Pruning's global magnitude pruner, bisected to the target ------------------
@@ -427,14 +440,15 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: in
                 if method == "tp_magnitude":
                     make = lambda t=target: tp_cached(bench, tp_nets, t)
                 else:
-                    make = lambda m=method, t=target: masked_net(bench, scores[m], t)
+                    make = lambda m=method, t=target: masked_net(bench, scores[m], t, variant_pruner(bench, m))
                 rows.append(cached_row(bench, method, target, seed, make))
                 bar.update(1)
     for seed in seeds[:ablation]:
         for variant in ABLATIONS:
             sc = legr_scores(bench, seed, variant)
             rows.append(cached_row(bench, variant, search_target, seed,
-                                   lambda sc=sc: masked_net(bench, sc, search_target)))
+                                   lambda sc=sc, v=variant: masked_net(bench, sc, search_target,
+                                                                       variant_pruner(bench, v))))
             bar.update(1)
     return [r for r in rows if r is not None]
 
