@@ -99,3 +99,21 @@ def test_search_workers_extrapolation_and_time_to_fitness():
 def test_only_result_folders_below_benchmarks_are_linked_from_results_md(tmp_path):
     assert common.in_benchmarks(common.BENCH_DIR / "results" / "ranking_quality")
     assert not common.in_benchmarks(tmp_path / "scratch")
+
+
+def test_a_legr_variant_with_its_own_floor_cuts_with_it():
+    from types import SimpleNamespace
+
+    from benchmarks.ranking_quality import variant_pruner
+    model = create_model("resnet20", 10, 1).eval()
+    x = torch.zeros(1, 1, 32, 32)
+    coupling = build_coupling(model, x)
+    pruner = Pruner(coupling, build_cost_model(model, x, coupling))
+    bench = SimpleNamespace(pruner=pruner)
+    assert variant_pruner(bench, "legr") is pruner and variant_pruner(bench, "uniform") is pruner
+    floored = variant_pruner(bench, "legr_floor25")
+    scores = base_scores(model, coupling)
+    mask, _ = floored.prune_to(scores.transformed(*scores.identity()), 0.2)
+    sizes = np.bincount(coupling.group_of_channel)
+    kept = np.bincount(coupling.group_of_channel[mask], minlength=len(sizes))
+    assert floored.min_fraction == 0.25 and np.all(kept >= np.ceil(0.25 * sizes))
