@@ -167,7 +167,7 @@ def text_table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
 
 def in_benchmarks(path: Path) -> bool:
     """Whether ``path`` lies below benchmarks/ (a result folder RESULTS.md may link to)."""
-    return rel(path) != str(path)
+    return Path(path).resolve().is_relative_to(BENCH_DIR)
 
 
 def rel(path: Path) -> str:

@@ -679,9 +679,8 @@ def plot(summary: list[dict[str, Any]], dense: dict[str, float], methods: list[s
 
 
 def main(argv=None) -> int:
-    global CACHED_ONLY, FINETUNE
+    global CACHED_ONLY, FINETUNE, FINETUNE_TARGETS
     args = parse_args(argv)
-    global FINETUNE_TARGETS
     CACHED_ONLY, FINETUNE = args.cached_only, not args.no_finetune
     FINETUNE_TARGETS = set(floats(args.finetune_targets)) if args.finetune_targets else None
     meta = common.start(NAME, args.quick, args.verbose)
