@@ -54,6 +54,8 @@ class SearchConfig:
     fitness: str = "loss"                # loss | accuracy, on the fixed validation subset
     finalists: int = 5                   # best candidates re-scored (with the seeds) on fresh batches
     final_rounds: int = 1                # fresh recalibration draws for that re-scoring
+    final_tau: int | None = None         # SGD steps before each re-scoring (default: tau): a closer,
+                                         # costlier proxy of fine-tuning, spent only on the finalists
     final_targets: str = "family"        # finalists re-scored at every family target | only the "search" one
     member_choice: str = "per_target"    # each member: the finalist best at its target | "one" ranking for all
     round_to: int = 1                    # overridden by the profile's unless given explicitly
@@ -121,6 +123,8 @@ class SearchConfig:
                      "finalists", "final_rounds"):
             if getattr(self, name) < 0:
                 raise LegrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.final_tau is not None and (not isinstance(self.final_tau, int) or self.final_tau < 0):
+            raise LegrError(f"--final-tau must be an integer >= 0, got {self.final_tau!r}")
         _check_more(self)
         if not isinstance(self.workers, int) or self.workers < 0:
             raise LegrError(f"--workers must be an integer >= 0, got {self.workers!r}")
@@ -132,6 +136,10 @@ class SearchConfig:
     @property
     def effective_fitness_targets(self) -> tuple[float, ...]:
         return self.fitness_targets or (self.effective_search_target,)
+
+    @property
+    def effective_final_tau(self) -> int:
+        return self.tau if self.final_tau is None else self.final_tau
 
     @property
     def effective_final_targets(self) -> tuple[float, ...]:

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fitness", help="loss (default) or accuracy, on the fixed validation subset")
     g.add_argument("--finalists", type=int, help="best candidates re-scored with the seeds on fresh batches (5)")
     g.add_argument("--final-rounds", type=int, help="fresh recalibration draws of that re-scoring (1)")
+    g.add_argument("--final-tau", type=int, help="SGD steps before each finalist's re-scoring (default: "
+                                                 "--tau): a closer proxy of fine-tuning, paid only by the finalists")
     g.add_argument("--final-targets", choices=("family", "search"),
                    help="where the finalists are re-scored: at every target of the family (default: a "
                         "ranking that collapses at a larger member loses) or only at the search target")

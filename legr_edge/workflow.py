@@ -69,12 +69,14 @@ class Context:
         return getattr(self.pruner.cost, "base", self.pruner.cost)
 
     def evaluator(self, round: int = 0) -> FitnessEvaluator:
-        """The fitness of recalibration draw ``round`` (built once: its batches are fixed)."""
+        """The fitness of recalibration draw ``round`` (built once: its batches are fixed);
+        the search's is round 0, the finalists' re-scoring rounds 1.. (``--final-tau`` steps)."""
         if round not in self.evaluators:
             c = self.cfg
             settings = FitnessSettings(metric=c.fitness, recal_batches=c.recal_batches,
                                        batch_size=c.batch_size, val_limit=c.fitness_val_limit,
-                                       tau=c.tau, tau_lr=c.tau_lr, seed=c.seed,
+                                       tau=c.tau if round == 0 else c.effective_final_tau,
+                                       tau_lr=c.tau_lr, seed=c.seed,
                                        common_batches=c.tau_batches == "common")
             self.evaluators[round] = FitnessEvaluator(self.data, self.info, self.device, settings, round)
         return self.evaluators[round]
@@ -491,7 +493,10 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
             "population", "sample", "candidates", "recal_batches", "fitness_val_limit", "fitness_targets",
             "tau", "tau_lr", "tau_batches", "fitness", "finalists", "final_rounds", "final_targets",
             "member_choice", "round_to", "min_fraction", "min_channels", "seed", "batch_size")
-    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))
+    settings = {k: getattr(cfg, k) for k in keys}
+    if cfg.final_tau is not None:  # recorded only when set: rankings learned before it keep matching
+        settings["final_tau"] = cfg.final_tau
+    return json.loads(json.dumps(settings))
 
 
 def build_family(ctx: Context, ranking: LearnedRanking, pool=None) -> list[dict[str, Any]]:

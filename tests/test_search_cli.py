@@ -123,6 +123,7 @@ def _fails(capsys_or_caplog, args, message):
     (["--targets", "0.5,1.5"], "--targets value must be in (0, 1]"),
     (["--targets", "0"], "--targets value must be in (0, 1]"),
     (["--preset", "huge"], "unknown preset"),
+    (["--final-tau", "-1"], "--final-tau must be an integer >= 0, got -1"),
 ])
 def test_bad_arguments_give_one_clear_message(tmp_path, caplog, args, message):
     _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r")] + args, message)
@@ -279,3 +280,28 @@ def test_a_tampered_ranking_json_is_refused_on_resume(tiny_run, tmp_path, corrup
     assert main(TINY_SEARCH + ["--out", str(run), "--resume", "--no-export"]) == 1
     assert message in caplog.text
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+def test_final_tau_trains_only_the_finalists_longer(monkeypatch):
+    """--final-tau: the search's round 0 trains --tau steps per candidate, the
+    finalists' re-scoring rounds --final-tau; the setting is recorded in ranking.json
+    only when given, so rankings learned before it existed still resume."""
+    import types
+
+    from legr_edge.config import SearchConfig
+
+    built = {}
+
+    class Evaluator:
+        def __init__(self, data, info, device, settings, round):
+            built[round] = settings.tau
+
+    monkeypatch.setattr(workflow, "FitnessEvaluator", Evaluator)
+    for final_tau, expected in ((None, {0: 7, 1: 7, 2: 7}), (60, {0: 7, 1: 60, 2: 60})):
+        built.clear()
+        cfg = SearchConfig(tau=7, final_tau=final_tau)
+        ctx = workflow.Context(cfg, None, None, types.SimpleNamespace(info=None), None, None, None)
+        for r in (0, 1, 2):
+            ctx.evaluator(r)
+        assert built == expected
+        assert ("final_tau" in workflow._ranking_settings(cfg)) == (final_tau is not None)
