@@ -98,7 +98,7 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     # product's floor is a tenth), against the narrow bottlenecks searched 0.2 members have
     "legr_floor25": {"min_fraction": 0.25},
     # not an ablation: a fitness closer to what fine-tuning makes of a candidate (more SGD
-    # steps before recalibrating and measuring; the product takes 10)
+    # steps before recalibrating and measuring; the product takes 10, --preset thorough 50)
     "legr_tau50": {"tau": 50},
     # not an ablation: the search as the product's, the finalists re-scored after 100 steps
     "legr_ftau100": {"final_tau": 100},

@@ -180,6 +180,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   targets=(0.5, 0.3), batch_size=64),
     # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
     "default": {},
+    # For a long fine-tune (a real data set, many epochs): the default budget, each candidate
+    # trained 50 steps before it is scored (the default: 10), about 2.5x the default's search.
+    # The fitness then favours networks that train back well over those that lose least
+    # when cut: benchmarks/RESULTS.md, ranking_quality, legr_tau50.
+    "thorough": dict(tau=50),
     # The published method and hyperparameters (LeGR, CIFAR): P=64, S=16, 400 candidates, tau=200.
     "paper": dict(scoring="paper", pretrain_epochs=200, population=64, sample=16, candidates=400, tau=200,
                   batch_size=128, tau_lr=0.01, finetune_epochs=200, finetune_lr=0.01),

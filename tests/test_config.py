@@ -1,6 +1,8 @@
 """Search configuration: presets, the device profile's round_to, explicit flags win."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from legr_edge.config import PRESETS, resolve
@@ -27,6 +29,9 @@ def test_preset_values_and_explicit_override():
     assert resolve({"preset": "smoke", "candidates": 9}).candidates == 9
     paper = resolve({"preset": "paper"})
     assert (paper.population, paper.sample, paper.candidates, paper.tau) == (64, 16, 400, 200)
+    thorough, default = resolve({"preset": "thorough"}), resolve({})
+    assert thorough.tau == 50 and default.tau == 10
+    assert dataclasses.replace(thorough, tau=10, preset="default") == default
 
 
 def test_search_target_defaults_to_smallest_target():
