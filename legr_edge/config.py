@@ -181,7 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
     "default": {},
     # For a long fine-tune (a real data set, many epochs): the default budget, each candidate
-    # trained 50 steps before it is scored (the default: 10), about 2.5x the default's search.
+    # trained 50 steps before it is scored (the default: 10); the search takes 3-4x as long.
     # The fitness then favours networks that train back well over those that lose least
     # when cut: benchmarks/RESULTS.md, ranking_quality, legr_tau50.
     "thorough": dict(tau=50),
