@@ -560,7 +560,7 @@ def _by(rows, **match) -> list[dict[str, Any]]:
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    keys = sorted({(r["setting"], r["target"], r["method"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    keys = sorted({(r["setting"], r["target"], r["method"]) for r in rows}, key=lambda k: (k[0], -k[1], k[2]))
     for setting, target, method in keys:
         g = _by(rows, setting=setting, target=target, method=method)
         test = [r["test_top1"] for r in g if r["test_top1"] is not None]
@@ -637,11 +637,13 @@ def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
         cells = {s["method"]: s for s in summary if (s["setting"], s["target"]) == (setting, target)}
         pr = {p["metric"]: p for p in pairs if (p["setting"], p["target"]) == (setting, target)}
         row = [setting, f"{target:.2f}"]
+        most = max((c["n"] for m, c in cells.items() if m in methods), default=0)
         for m in methods:
             c = cells.get(m)
             tuned = "-" if not c or math.isnan(c["test_top1_mean"]) else \
                 f"{c['test_top1_mean']:.2f}±{c['test_top1_std']:.2f}"
-            row.append(f"{tuned} / {c['recal_top1_mean']:.1f} ({c['macs_ratio']:.3f})" if c else "-")
+            fewer = f" n={c['n']}" if c and c["n"] < most else ""  # fewer seeds than the others
+            row.append(f"{tuned} / {c['recal_top1_mean']:.1f} ({c['macs_ratio']:.3f}){fewer}" if c else "-")
         for metric in ("test_top1", "recal_top1"):
             p = pr.get(metric)
             row.append(f"{_ci(p['diff_mean'], p['ci95_low'], p['ci95_high'])} vs {p['versus']} (n={p['n']})"
@@ -749,7 +751,8 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
     held = {s: sorted({r["seed"] for r in rows if r["setting"] == s}) for s in seeds}
     parts = [
         f"Test top-1 (%) per method: fine-tuned mean±std over seeds / right after BatchNorm recalibration, "
-        f"no fine-tuning (mean), achieved MACs/dense in brackets. Seeds: "
+        f"no fine-tuning (mean), achieved MACs/dense in brackets; n=k after a cell: that method has "
+        f"rows for only k of the setting's seeds. Seeds: "
         + "; ".join(f"{s} {v}" for s, v in held.items()) + ". Dense: "
         + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()) + f". Wall time {elapsed / 60:.1f} min.",
         common.md_table(trows, header)]

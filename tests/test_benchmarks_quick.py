@@ -117,3 +117,15 @@ def test_a_legr_variant_with_its_own_floor_cuts_with_it():
     sizes = np.bincount(coupling.group_of_channel)
     kept = np.bincount(coupling.group_of_channel[mask], minlength=len(sizes))
     assert floored.min_fraction == 0.25 and np.all(kept >= np.ceil(0.25 * sizes))
+
+
+def test_a_method_with_fewer_seeds_shows_its_n_in_the_table():
+    from benchmarks.ranking_quality import table_rows
+
+    def cell(method, n):
+        return {"setting": "s/m", "target": 0.2, "method": method, "n": n, "test_top1_mean": 80.0,
+                "test_top1_std": 1.0, "recal_top1_mean": 30.0, "macs_ratio": 0.2}
+    summary = [cell("legr", 5), cell("uniform", 5), cell("legr_tau50", 4)]
+    _, rows = table_rows(summary, [], ["legr", "legr_tau50", "uniform"])
+    assert rows[0][2].endswith("(0.200)") and rows[0][4].endswith("(0.200)")
+    assert rows[0][3].endswith("(0.200) n=4")
