@@ -102,6 +102,9 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr_tau50": {"tau": 50},
     # not an ablation: the search as the product's, the finalists re-scored after 100 steps
     "legr_ftau100": {"final_tau": 100},
+    # not an ablation: two more seeds, uniform pruning with the residual streams kept wider
+    # (a stream keeps u + s * (1 - u) of its channels, s = 0.25 and 0.5; --stream-seeds)
+    "legr_stream": {"stream_seeds": (0.25, 0.5)},
 }
 # variant keys that change the pruner's floors or rounding, not only the search
 PRUNER_FIELDS = ("round_to", "min_fraction", "min_channels")

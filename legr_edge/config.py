@@ -40,6 +40,7 @@ class SearchConfig:
     score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
     group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
+    stream_seeds: tuple[float, ...] = () # and uniform pruning with the residual streams kept wider
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations
     population: int = 24
@@ -105,6 +106,9 @@ class SearchConfig:
             raise LegrError(f"--group-reduce must be one of {', '.join(REDUCTIONS)}, got {self.group_reduce!r}")
         for t in self.fitness_targets:
             _check_fraction(t, "--fitness-targets value")
+        for s in self.stream_seeds:
+            if not (isinstance(s, (int, float)) and 0.0 < s <= 1.0):
+                raise LegrError(f"--stream-seeds values must be in (0, 1], got {s!r}")
         for name in ("init_scale", "mutate_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 100.0):

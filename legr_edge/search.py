@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
     g.add_argument("--no-seed-population", dest="seed_population", action="store_false",
                    help="do not seed the search with the identity, paper raw-L2 and uniform rankings")
+    g.add_argument("--stream-seeds", type=_floats,
+                   help="also seed uniform pruning with the residual streams (channels several convs "
+                        "write, tied by residual additions) kept wider: s keeps u + s*(1-u) of a stream, "
+                        "u its uniform share, comma separated in (0, 1] (default: none)")
     g.add_argument("--init-scale", type=float, help="std of log-alpha and kappa (in layer stds) of random "
                                                     "initial members (0.5; paper 1.0)")
     g.add_argument("--mutate-scale", type=float, help="the same for mutations (0.5; paper 1.0)")

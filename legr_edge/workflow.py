@@ -31,7 +31,7 @@ from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState, Se
 from legr_edge.fitness import FitnessEvaluator, FitnessSettings
 from legr_edge.models import arch
 from legr_edge.models.registry import create_model
-from legr_edge.prune.coupling import build_coupling
+from legr_edge.prune.coupling import build_coupling, stream_groups
 from legr_edge.prune.cost import build_cost_model, count_macs, count_params
 from legr_edge.prune.ranking import Pruner
 from legr_edge.prune.scoring import LayerScores, base_scores, paper_transform, uniform_scores, uniform_transform
@@ -372,17 +372,33 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
 
 def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The initial population's seeds: identity (normalised scores), the paper's raw-L2
-    ranking, and uniform pruning at the search target (per-group kappa offsets)."""
-    scores, pruner = ctx.scores, ctx.pruner
+    ranking, uniform pruning at the search target (per-group kappa offsets), and for each
+    ``--stream-seeds`` value s, uniform pruning with the residual streams kept wider: a
+    stream group keeps u + s * (1 - u) of its channels (u: its uniform share), the other
+    groups share what is left of the budget. s = 0 is uniform pruning; s = 1 keeps the
+    streams whole, as raw-L2 pruning does on deep ResNets."""
+    scores, pruner, cfg = ctx.scores, ctx.pruner, ctx.cfg
     seeds = {"identity": scores.identity()}
     if scores.norm != "lamp":
         seeds["paper_l2"] = paper_transform(scores)
     if scores.reduce == "mean":
-        group = pruner.coupling.group_of_channel
+        coupling, target = pruner.coupling, cfg.effective_search_target
+        group = coupling.group_of_channel
         base = scores.transformed(*scores.identity())
-        mask, _ = pruner.prune_to(uniform_scores(base, group), ctx.cfg.effective_search_target)
-        counts = np.bincount(group[mask], minlength=len(pruner.coupling.groups))
-        seeds["uniform"] = uniform_transform(scores, pruner.coupling, counts)
+        mask, _ = pruner.prune_to(uniform_scores(base, group), target)
+        counts = np.bincount(group[mask], minlength=len(coupling.groups))
+        seeds["uniform"] = uniform_transform(scores, coupling, counts)
+        streams = stream_groups(coupling, ctx.dense) if cfg.stream_seeds else None
+        made = [counts]
+        for s in cfg.stream_seeds:
+            share = counts / np.array([g.size for g in coupling.groups])
+            wide = pruner.stream_counts(base, streams, share + s * (1.0 - share), target)
+            if wide is None or any(np.array_equal(wide, c) for c in made):
+                log.info("stream seed %g: %s", s, "the streams alone exceed the search target"
+                         if wide is None else "the same network as another seed; skipped")
+                continue
+            made.append(wide)
+            seeds[f"stream_{s:g}"] = uniform_transform(scores, coupling, wide)
     return seeds
 
 
@@ -496,6 +512,8 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     settings = {k: getattr(cfg, k) for k in keys}
     if cfg.final_tau is not None:  # recorded only when set: rankings learned before it keep matching
         settings["final_tau"] = cfg.final_tau
+    if cfg.stream_seeds:  # likewise
+        settings["stream_seeds"] = list(cfg.stream_seeds)
     return json.loads(json.dumps(settings))
 
 

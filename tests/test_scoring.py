@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from legr_edge.models.registry import create_model
-from legr_edge.prune.coupling import build_coupling
+from legr_edge.prune.coupling import build_coupling, stream_groups
 from legr_edge.prune.cost import build_cost_model
 from legr_edge.prune.ranking import Pruner
 from legr_edge.prune.scoring import (base_scores, normalise, paper_transform, uniform_scores,
-                                     uniform_transform)
+                                     uniform_transform, within_group_ranks)
 
 from tests.helpers import make_concat_net, randomize_bn
 
@@ -114,3 +114,85 @@ def test_uniform_scores_keep_the_same_fraction_everywhere():
     scores = uniform_scores(raw, group)
     kept = np.bincount(group[scores >= 0.5], minlength=3)
     np.testing.assert_array_equal(kept, [4, 8, 16])
+
+
+def test_stream_groups_are_the_residual_chains():
+    model, coupling, _ = _setup()
+    streams = stream_groups(coupling, model)
+    assert sorted(g.root for g, s in zip(coupling.groups, streams) if s) == [
+        "conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+
+
+def test_a_depthwise_conv_does_not_make_a_group_a_stream():
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_cifar")
+    coupling = build_coupling(model, torch.randn(1, 3, 32, 32))
+    streams = stream_groups(coupling, model)
+    modules = dict(model.named_modules())
+
+    def depthwise(g):
+        return any(m.is_out and isinstance(modules.get(m.name), torch.nn.Conv2d) and modules[m.name].groups > 1
+                   for m in g.members)
+
+    assert any(depthwise(g) for g in coupling.groups)
+    assert not any(s for g, s in zip(coupling.groups, streams) if depthwise(g))
+    assert 0 < streams.sum() < len(streams)  # the inverted residuals' outputs are streams
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_stream_counts_keep_the_streams_at_their_share_and_fill_the_rest(round_to):
+    model, coupling, _ = _setup()
+    x = torch.randn(1, 3, 32, 32)
+    pruner = Pruner(coupling, build_cost_model(model, x, coupling), round_to)
+    ls = base_scores(model, coupling)
+    base = ls.transformed(*ls.identity())
+    streams = stream_groups(coupling, model)
+    sizes = np.array([g.size for g in coupling.groups])
+    target = 0.3
+    counts = pruner.stream_counts(base, streams, np.full(len(sizes), 0.75), target)
+    assert counts is not None
+    np.testing.assert_array_equal(counts[streams], pruner.counts_at_fractions(np.full(len(sizes), 0.75))[streams])
+    mask = pruner.mask_from_counts(base, within_group_ranks(base, coupling.group_of_channel), counts)
+    budget = target * pruner.dense_macs
+    assert pruner.cost.macs(mask) <= budget
+    # the other groups share one fraction, and it is the largest that fits: a little more does not
+    inner = ~streams & (counts > pruner._floor)
+    share = counts[inner] / sizes[inner]
+    assert share.max() - share.min() <= (round_to + 0.5) / sizes[inner].min()
+    more = pruner.counts_at_fractions(np.where(streams, 0.75, share.max() + round_to / sizes[inner].min()))
+    ranks = within_group_ranks(base, coupling.group_of_channel)
+    assert pruner.cost.macs(pruner.mask_from_counts(base, ranks, more)) > budget
+    # whole streams at 0.1 of the MACs do not fit whatever the rest keeps
+    assert pruner.stream_counts(base, streams, np.ones(len(sizes)), 0.1) is None
+
+
+def test_stream_seeds_widen_the_streams_of_the_uniform_seed():
+    from types import SimpleNamespace
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.workflow import seed_transforms
+
+    model, coupling, pruner = _setup()
+    ls = base_scores(model, coupling)
+    streams = stream_groups(coupling, model)
+    group = coupling.group_of_channel
+    target = 0.3
+
+    def widths(transform):
+        mask, macs = pruner.prune_to(ls.transformed(*transform), target)
+        assert macs <= target * pruner.dense_macs
+        return np.bincount(group[mask], minlength=len(coupling.groups))
+
+    plain = seed_transforms(SimpleNamespace(scores=ls, pruner=pruner, dense=model,
+                                            cfg=SearchConfig(targets=(0.5, target))))
+    assert list(plain) == ["identity", "paper_l2", "uniform"]
+    seeds = seed_transforms(SimpleNamespace(scores=ls, pruner=pruner, dense=model,
+                                            cfg=SearchConfig(targets=(0.5, target), stream_seeds=(0.3, 0.6))))
+    assert list(seeds) == ["identity", "paper_l2", "uniform", "stream_0.3", "stream_0.6"]
+    uniform, low, high = widths(seeds["uniform"]), widths(seeds["stream_0.3"]), widths(seeds["stream_0.6"])
+    sizes = np.array([g.size for g in coupling.groups])
+    assert (uniform[streams] < low[streams]).all() and (low[streams] < high[streams]).all()
+    assert (uniform[~streams] >= low[~streams]).all() and (low[~streams] >= high[~streams]).all()
+    share = uniform / sizes
+    np.testing.assert_allclose(low[streams] / sizes[streams], (share + 0.3 * (1 - share))[streams],
+                               atol=1.0 / sizes[streams].min())

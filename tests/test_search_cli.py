@@ -124,6 +124,8 @@ def _fails(capsys_or_caplog, args, message):
     (["--targets", "0"], "--targets value must be in (0, 1]"),
     (["--preset", "huge"], "unknown preset"),
     (["--final-tau", "-1"], "--final-tau must be an integer >= 0, got -1"),
+    (["--stream-seeds", "0.5,1.5"], "--stream-seeds values must be in (0, 1], got 1.5"),
+    (["--stream-seeds", "0"], "--stream-seeds values must be in (0, 1], got 0.0"),
 ])
 def test_bad_arguments_give_one_clear_message(tmp_path, caplog, args, message):
     _fails(caplog, TINY_SEARCH + ["--out", str(tmp_path / "r")] + args, message)
@@ -305,3 +307,11 @@ def test_final_tau_trains_only_the_finalists_longer(monkeypatch):
             ctx.evaluator(r)
         assert built == expected
         assert ("final_tau" in workflow._ranking_settings(cfg)) == (final_tau is not None)
+
+
+def test_stream_seeds_are_recorded_only_when_given():
+    """Rankings learned before --stream-seeds existed keep their recorded settings."""
+    from legr_edge.config import SearchConfig
+
+    assert "stream_seeds" not in workflow._ranking_settings(SearchConfig())
+    assert workflow._ranking_settings(SearchConfig(stream_seeds=(0.25, 0.5)))["stream_seeds"] == [0.25, 0.5]

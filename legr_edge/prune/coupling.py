@@ -61,6 +61,21 @@ class Coupling:
             yield from g.members
 
 
+def stream_groups(coupling: Coupling, model: nn.Module) -> np.ndarray:
+    """Which groups are residual streams: channels written by two or more convs (a residual
+    addition ties their outputs), not counting depthwise convs, which only pass a group's
+    channels through. A stream channel is input to every block along it, so it costs
+    several times the MACs of a block's inner channel."""
+    modules = dict(model.named_modules())
+
+    def writes(m: Member) -> bool:
+        conv = modules.get(m.name)
+        return (m.is_out and isinstance(conv, nn.Conv2d)
+                and not (conv.groups > 1 and conv.groups == conv.in_channels))
+
+    return np.array([sum(writes(m) for m in g.members) >= 2 for g in coupling.groups], dtype=bool)
+
+
 def build_coupling(model: nn.Module, example_input: torch.Tensor,
                    ignored: list[str] | tuple[str, ...] = ()) -> Coupling:
     """Trace ``model`` and return its prunable channel groups.

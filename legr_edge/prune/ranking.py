@@ -134,6 +134,34 @@ class Pruner:
             else:
                 return counts
 
+    def counts_at_fractions(self, fractions: np.ndarray) -> np.ndarray:
+        """Per-group widths keeping ``fractions[g]`` of each group (floors and rounding applied)."""
+        return self.group_counts(np.asarray(fractions, dtype=np.float64) * self._sizes)
+
+    def stream_counts(self, scores: np.ndarray, streams: np.ndarray, stream_fraction: np.ndarray,
+                      target: float) -> np.ndarray | None:
+        """Widths that keep ``stream_fraction[g]`` of every stream group (``streams``) and one
+        common fraction of all other groups, the largest that meets ``target`` (bisected; the
+        channels kept are each group's best by ``scores``). None when the streams alone,
+        with every other group at its floor, exceed the target."""
+        budget = target * self.dense_macs
+        ranks = within_group_ranks(scores, self._group)
+        keep = self.protected(scores)
+
+        def counts(q: float) -> np.ndarray:
+            return self.counts_at_fractions(np.where(streams, stream_fraction, q))
+
+        def fits(q: float) -> bool:
+            return self.cost.macs(self.mask_from_counts(scores, ranks, counts(q), keep)) <= budget
+
+        if not fits(0.0):
+            return None
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return counts(lo)
+
     def grown(self, g: int, count: int) -> int:
         """Group ``g``'s next allowed width above ``count``."""
         return int(min(self._sizes[g], count + self.round_to))
