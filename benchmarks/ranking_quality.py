@@ -5,9 +5,9 @@ budget, prune to each MAC target with every method and compare test top-1 over
 paired seeds:
 
 - ``legr``: the product's learned ranking (``--scoring v2``: per-layer z-scored filter
-  norms, group mean, seeded and well-scaled evolution, a fitness of 10 SGD steps on
-  common batches + BatchNorm recalibration + validation loss), searched at the smallest
-  target; the finalists and seeds are re-scored at every target and each target's
+  norms, group mean, evolution seeded with identity, raw L2, uniform and uniform with
+  wider residual streams, well-scaled, a fitness of 10 SGD steps on common batches +
+  BatchNorm recalibration + validation loss), searched at the smallest target; the finalists and seeds are re-scored at every target and each target's
   network is cut with the finalist best there (the product's ``--member-choice``);
 - ``legr_one`` (``--methods``): the same search, every target cut with its one winning
   ranking (``--member-choice one``), to measure what the per-member choice adds;
@@ -15,6 +15,9 @@ paired seeds:
 - ``l2``: global ranking by raw squared L2 filter norm, a group summing its members;
 - ``uniform``: the same kept fraction in every channel group (best filters by L2);
 - ``random``: a random global ranking (seeded per seed);
+- ``wide_streams`` (``--methods``, a reference, not one of the "other" methods): no
+  search, the product's first stream seed at every target (uniform pruning, each residual
+  stream keeping u + 0.25 * (1 - u) of its channels, u its uniform share);
 - ``tp_magnitude``: Torch-Pruning's ``MagnitudePruner(global_pruning=True,
   MagnitudeImportance(p=2))``, its ratio bisected until legr_edge's ``count_macs`` is
   at most the target and within 0.5% of it (never more MACs than the others get).
@@ -71,9 +74,10 @@ from legr_edge import io, workflow  # noqa: E402
 from legr_edge.config import SCORING, SearchConfig  # noqa: E402
 from legr_edge.data.base import SubsetSet  # noqa: E402
 from legr_edge.fitness import FitnessEvaluator, FitnessSettings  # noqa: E402
-from legr_edge.prune.coupling import execution_order  # noqa: E402
+from legr_edge.errors import LegrError  # noqa: E402
+from legr_edge.prune.coupling import execution_order, stream_groups  # noqa: E402
 from legr_edge.prune.cost import count_macs  # noqa: E402
-from legr_edge.prune.scoring import base_scores, uniform_scores  # noqa: E402
+from legr_edge.prune.scoring import base_scores, uniform_scores, within_group_ranks  # noqa: E402
 from legr_edge.prune.surgery import prune_model  # noqa: E402
 from legr_edge.train import SGDSettings, evaluate, fit  # noqa: E402
 
@@ -81,36 +85,44 @@ log = logging.getLogger("benchmarks.ranking_quality")
 
 NAME = "ranking_quality"
 METHODS = ("legr", "legr_paper", "l2", "uniform", "random", "tp_magnitude")
+# The variants measured before the stream seeds joined the product's method keep that method
+# (no stream seeds), so their cached searches stay valid; ``abl_no_stream`` is that method.
+BEFORE_STREAMS: dict[str, Any] = {"stream_seeds": ()}
 LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr": {},
     "legr_paper": dict(SCORING["paper"], scoring="paper"),
     # the ablation: each change of the product's method switched off alone
-    "abl_no_norm": {"score_norm": "none"},
-    "abl_group_sum": {"group_reduce": "sum"},
-    "abl_no_seeds": {"seed_population": False},
-    "abl_paper_scales": {"init_scale": 1.0, "mutate_scale": 1.0},
-    "abl_no_recal": {"recal_batches": 0},
-    "abl_accuracy": {"fitness": "accuracy"},
-    "abl_no_final": {"finalists": 0},
+    "abl_no_stream": dict(BEFORE_STREAMS),  # no stream seeds (the method of earlier sessions)
+    # ... and each earlier change switched off alone from that method (see ABLATION_BASE)
+    "abl_no_norm": {"score_norm": "none", **BEFORE_STREAMS},
+    "abl_group_sum": {"group_reduce": "sum", **BEFORE_STREAMS},
+    "abl_no_seeds": {"seed_population": False, **BEFORE_STREAMS},
+    "abl_paper_scales": {"init_scale": 1.0, "mutate_scale": 1.0, **BEFORE_STREAMS},
+    "abl_no_recal": {"recal_batches": 0, **BEFORE_STREAMS},
+    "abl_accuracy": {"fitness": "accuracy", **BEFORE_STREAMS},
+    "abl_no_final": {"finalists": 0, **BEFORE_STREAMS},
     # not an ablation: score candidates at the search target and 0.5 (--multi-target)
-    "legr_multi": {"fitness_targets": "SEARCH,0.5"},
+    "legr_multi": {"fitness_targets": "SEARCH,0.5", **BEFORE_STREAMS},
     # not an ablation: every channel group keeps at least a quarter of its channels (the
     # product's floor is a tenth), against the narrow bottlenecks searched 0.2 members have
-    "legr_floor25": {"min_fraction": 0.25},
+    "legr_floor25": {"min_fraction": 0.25, **BEFORE_STREAMS},
     # not an ablation: a fitness closer to what fine-tuning makes of a candidate (more SGD
     # steps before recalibrating and measuring; the product takes 10, --preset thorough 50)
-    "legr_tau50": {"tau": 50},
+    "legr_tau50": {"tau": 50, **BEFORE_STREAMS},
     # not an ablation: the search as the product's, the finalists re-scored after 100 steps
-    "legr_ftau100": {"final_tau": 100},
-    # not an ablation: two more seeds, uniform pruning with the residual streams kept wider
-    # (a stream keeps u + s * (1 - u) of its channels, s = 0.25 and 0.5; --stream-seeds)
+    "legr_ftau100": {"final_tau": 100, **BEFORE_STREAMS},
+    # the product's method, under the name it was first measured with (same search, same key)
     "legr_stream": {"stream_seeds": (0.25, 0.5)},
 }
 # variant keys that change the pruner's floors or rounding, not only the search
 PRUNER_FIELDS = ("round_to", "min_fraction", "min_channels")
 ABLATIONS = tuple(k for k in LEGR_VARIANTS if k.startswith("abl_"))
+# what an ablation variant is compared with: the method it switches one change off from
+ABLATION_BASE = {k: "legr" if k == "abl_no_stream" else "abl_no_stream" for k in ABLATIONS}
 # legr's own search, every member cut with its one winning ranking (--member-choice one)
 LEGR_ONE = "legr_one"
+# a hand-made reference (the stream seed without search); not counted among the "other" methods
+WIDE_STREAMS = "wide_streams"
 CACHE_VERSION = 3  # bump when a method's code changes: cached fine-tune results are keyed by it
 COLUMNS = ("setting", "method", "target", "seed", "macs", "macs_ratio", "recal_top1",
            "val_top1", "test_top1", "finetune_s")
@@ -176,7 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                       + ",".join(FULL) + "; quick: digits/resnet20)")
     p.add_argument("--targets", help="comma-separated MAC targets (default 0.7,0.5,0.3,0.2; quick 0.5,0.3)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 5 per shapes setting, 2 for digits; quick 0)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS) + "; also legr_one, "
+                   + WIDE_STREAMS + " and the LeGR variants: " + ",".join(k for k in LEGR_VARIANTS if k != "legr"))
     p.add_argument("--ablation", default="shapes/resnet20",
                    help="settings that get the ablation at the search target ('' for none)")
     p.add_argument("--no-finetune", action="store_true",
@@ -334,6 +347,21 @@ def masked_net(bench: Bench, scores: np.ndarray | dict[float, np.ndarray], targe
     return prune_model(bench.ctx.dense, pruner.coupling, mask)
 
 
+def wide_streams_net(bench: Bench, target: float, share: float = 0.25) -> nn.Module:
+    """Uniform pruning at ``target`` with every residual stream keeping u + share * (1 - u) of
+    its channels (u: its uniform share) and the other groups one common share of the rest:
+    the product's stream seed, without any search. Filters chosen by raw L2, as uniform's."""
+    pr = bench.pruner
+    l2, group = l2_scores(bench), pr.coupling.group_of_channel
+    mask, _ = pr.prune_to(uniform_scores(l2, group), target)
+    u = np.bincount(group[mask], minlength=len(pr.coupling.groups)) / np.bincount(group)
+    counts = pr.stream_counts(l2, stream_groups(pr.coupling, bench.ctx.dense), u + share * (1 - u), target)
+    if counts is None:
+        raise LegrError(f"{bench.setting}: the wide residual streams alone exceed {target:g} of the MACs")
+    mask = pr.mask_from_counts(l2, within_group_ranks(l2, group), counts)
+    return prune_model(bench.ctx.dense, pr.coupling, mask)
+
+
 # ----- Torch-Pruning's global magnitude pruner, bisected to the target ------------------
 
 def tp_prune(dense: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module],
@@ -447,6 +475,8 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: in
             for method in methods:
                 if method == "tp_magnitude":
                     make = lambda t=target: tp_cached(bench, tp_nets, t)
+                elif method == WIDE_STREAMS:
+                    make = lambda t=target: wide_streams_net(bench, t)
                 else:
                     make = lambda m=method, t=target: masked_net(bench, scores[m], t, variant_pruner(bench, m))
                 rows.append(cached_row(bench, method, target, seed, make))
@@ -585,7 +615,7 @@ def paired(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any
                        if r[metric] is not None} for m in methods}
             legr = per.get("legr", {})
             others = {m: v for m, v in per.items()
-                      if (m not in LEGR_VARIANTS or m == "legr_paper") and m != LEGR_ONE and v}
+                      if (m not in LEGR_VARIANTS or m == "legr_paper") and m not in (LEGR_ONE, WIDE_STREAMS) and v}
             if not legr or not others:
                 continue
             best = max(others, key=lambda m: np.mean(list(others[m].values())))
@@ -597,17 +627,18 @@ def paired(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any
 
 
 def ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each ablation variant minus ``legr`` at the search target, paired by seed."""
+    """Each ablation variant minus its base (ABLATION_BASE) at the search target, paired by seed."""
     out = []
     for setting in sorted({r["setting"] for r in rows if r["method"] in ABLATIONS}):
         target = min(r["target"] for r in rows if r["setting"] == setting)
-        legr = {r["seed"]: r for r in _by(rows, setting=setting, target=target, method="legr")}
         for variant in ABLATIONS:
+            base = ABLATION_BASE[variant]
+            legr = {r["seed"]: r for r in _by(rows, setting=setting, target=target, method=base)}
             var = {r["seed"]: r for r in _by(rows, setting=setting, target=target, method=variant)}
             seeds = sorted(set(legr) & set(var))
             if not seeds:
                 continue
-            row = {"setting": setting, "target": target, "variant": variant, "n": len(seeds),
+            row = {"setting": setting, "target": target, "variant": variant, "base": base, "n": len(seeds),
                    "change": json.dumps(LEGR_VARIANTS[variant])}
             for metric in ("test_top1", "recal_top1"):
                 both = [s for s in seeds if var[s][metric] is not None and legr[s][metric] is not None]
@@ -620,7 +651,7 @@ def ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-ABLATION_COLUMNS = ("setting", "target", "variant", "change", "n", "test_top1_n", "test_top1_mean",
+ABLATION_COLUMNS = ("setting", "target", "variant", "base", "change", "n", "test_top1_n", "test_top1_mean",
                     "test_top1_diff", "test_top1_ci_low", "test_top1_ci_high", "recal_top1_n", "recal_top1_mean",
                     "recal_top1_diff", "recal_top1_ci_low", "recal_top1_ci_high")
 
@@ -656,9 +687,10 @@ def table_rows(summary, pairs, methods) -> tuple[list[str], list[list[str]]]:
 
 
 def ablation_table(abl) -> tuple[list[str], list[list[str]]]:
-    header = ["setting", "target", "variant (one change off)", "n tuned", "fine-tuned top-1", "minus legr [95% CI]",
-              "n recal", "recal top-1", "minus legr [95% CI]"]
-    rows = [[a["setting"], f"{a['target']:.2f}", a["variant"], a["test_top1_n"], f"{a['test_top1_mean']:.2f}",
+    header = ["setting", "target", "variant (one change off)", "base", "n tuned", "fine-tuned top-1",
+              "minus base [95% CI]", "n recal", "recal top-1", "minus base [95% CI]"]
+    rows = [[a["setting"], f"{a['target']:.2f}", a["variant"], a["base"], a["test_top1_n"],
+             f"{a['test_top1_mean']:.2f}",
              _ci(a["test_top1_diff"], a["test_top1_ci_low"], a["test_top1_ci_high"]), a["recal_top1_n"],
              f"{a['recal_top1_mean']:.2f}",
              _ci(a["recal_top1_diff"], a["recal_top1_ci_low"], a["recal_top1_ci_high"])] for a in abl]
@@ -698,7 +730,7 @@ def main(argv=None) -> int:
     settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
     targets = floats(args.targets) if args.targets else list(QUICK_TARGETS if args.quick else FULL_TARGETS)
     methods = [m for m in args.methods.split(",") if m] + (["legr_multi"] if args.multi_target else [])
-    unknown = set(methods) - set(METHODS) - set(LEGR_VARIANTS) - {LEGR_ONE}
+    unknown = set(methods) - set(METHODS) - set(LEGR_VARIANTS) - {LEGR_ONE, WIDE_STREAMS}
     if unknown:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
     ablate = set(a for a in args.ablation.split(",") if a) if not args.quick else set()
@@ -761,7 +793,9 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
         common.md_table(trows, header)]
     if abl:
         parts += ["Ablation at the search target: each change of the product's method switched off alone, "
-                  "paired difference to `legr` (negative = the change helps):",
+                  "paired difference to its base (negative = the change helps). `abl_no_stream` is the "
+                  "product's method without the stream seeds; the earlier changes were measured before "
+                  "those joined it, so each of them is switched off from `abl_no_stream`:",
                   common.md_table(*reversed(ablation_table(abl)))]
     for setting, nrows in norm_rows.items():
         print(common.text_table(*reversed(norm_table(nrows))))

@@ -40,7 +40,7 @@ class SearchConfig:
     score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
     group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
-    stream_seeds: tuple[float, ...] = () # and uniform pruning with the residual streams kept wider
+    stream_seeds: tuple[float, ...] = (0.25, 0.5)  # and uniform pruning with wider residual streams
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations
     population: int = 24
@@ -171,7 +171,7 @@ class SearchConfig:
 # tau (the paper preset's 200) wins over the paper method's default of 40.
 SCORING: dict[str, dict[str, Any]] = {
     "v2": {},
-    "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, init_scale=1.0,
+    "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, stream_seeds=(), init_scale=1.0,
                   mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0,
                   tau_batches="per_candidate"),
 }

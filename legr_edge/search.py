@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream-seeds", type=_floats,
                    help="also seed uniform pruning with the residual streams (channels several convs "
                         "write, tied by residual additions) kept wider: s keeps u + s*(1-u) of a stream, "
-                        "u its uniform share, comma separated in (0, 1] (default: none)")
+                        "u its uniform share, comma separated in (0, 1] (default 0.25,0.5; '' for none)")
     g.add_argument("--init-scale", type=float, help="std of log-alpha and kappa (in layer stds) of random "
                                                     "initial members (0.5; paper 1.0)")
     g.add_argument("--mutate-scale", type=float, help="the same for mutations (0.5; paper 1.0)")

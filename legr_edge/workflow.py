@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Settings that may differ between an interrupted run and its --resume.
 RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "workers", "ray_address"}
+# keys added after runs were made, whose default then changed: a run without the key had this
+LEGACY_VALUES: dict[str, Any] = {"stream_seeds": []}
 
 
 @dataclasses.dataclass
@@ -175,7 +177,8 @@ def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
     new = json.loads(json.dumps(cfg.to_dict()))
     # a key added after the run was made (e.g. cost) counts as its default
     defaults = json.loads(json.dumps(SearchConfig().to_dict()))
-    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **{k: v for k, v in LEGACY_VALUES.items()
+                                                                     if k not in old}, **old}
     diff = sorted(k for k in new if k not in RESUME_MAY_DIFFER and old.get(k) != new[k])
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
@@ -342,6 +345,10 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
         state = load_state(state_path)
     else:
         seeds = seed_transforms(ctx) if cfg.seed_population else {}
+        if len(seeds) > cfg.population:
+            log.warning("a population of %d holds only the first %d seed rankings: %s left out",
+                        cfg.population, cfg.population, ", ".join(list(seeds)[cfg.population:]))
+            seeds = dict(list(seeds.items())[:cfg.population])
         state = EvolutionState.fresh(settings, ctx.scores.sigma, list(seeds.values()))
     if state.settings != settings:
         raise LegrError(f"{state_path} was made with other search settings; delete it or match them")
@@ -512,7 +519,7 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
     settings = {k: getattr(cfg, k) for k in keys}
     if cfg.final_tau is not None:  # recorded only when set: rankings learned before it keep matching
         settings["final_tau"] = cfg.final_tau
-    if cfg.stream_seeds:  # likewise
+    if cfg.stream_seeds:  # likewise: rankings learned without them keep matching
         settings["stream_seeds"] = list(cfg.stream_seeds)
     return json.loads(json.dumps(settings))
 

@@ -184,7 +184,7 @@ def test_stream_seeds_widen_the_streams_of_the_uniform_seed():
         return np.bincount(group[mask], minlength=len(coupling.groups))
 
     plain = seed_transforms(SimpleNamespace(scores=ls, pruner=pruner, dense=model,
-                                            cfg=SearchConfig(targets=(0.5, target))))
+                                            cfg=SearchConfig(targets=(0.5, target), stream_seeds=())))
     assert list(plain) == ["identity", "paper_l2", "uniform"]
     seeds = seed_transforms(SimpleNamespace(scores=ls, pruner=pruner, dense=model,
                                             cfg=SearchConfig(targets=(0.5, target), stream_seeds=(0.3, 0.6))))

@@ -309,9 +309,34 @@ def test_final_tau_trains_only_the_finalists_longer(monkeypatch):
         assert ("final_tau" in workflow._ranking_settings(cfg)) == (final_tau is not None)
 
 
-def test_stream_seeds_are_recorded_only_when_given():
-    """Rankings learned before --stream-seeds existed keep their recorded settings."""
+def test_stream_seeds_are_recorded_only_when_there_are_some():
+    """Rankings learned before --stream-seeds existed (none) keep their recorded settings."""
     from legr_edge.config import SearchConfig
 
-    assert "stream_seeds" not in workflow._ranking_settings(SearchConfig())
-    assert workflow._ranking_settings(SearchConfig(stream_seeds=(0.25, 0.5)))["stream_seeds"] == [0.25, 0.5]
+    assert "stream_seeds" not in workflow._ranking_settings(SearchConfig(stream_seeds=()))
+    assert workflow._ranking_settings(SearchConfig())["stream_seeds"] == [0.25, 0.5]
+    assert "stream_seeds" not in workflow._ranking_settings(SearchConfig(scoring="paper", stream_seeds=()))
+
+
+def test_a_run_made_before_stream_seeds_resumes_only_without_them(tmp_path):
+    """A config.json without the key was made when there were no stream seeds: resuming it
+    with today's default would change the method, so it is refused, naming the key."""
+    from legr_edge.config import SearchConfig
+    from legr_edge.errors import LegrError
+
+    saved = tmp_path / "config.json"
+    old = SearchConfig(stream_seeds=()).to_dict()
+    del old["stream_seeds"]
+    saved.write_text(json.dumps(old))
+    workflow._check_same_run(saved, SearchConfig(stream_seeds=()))
+    with pytest.raises(LegrError, match=r"stream_seeds: \[\] -> \[0.25, 0.5\]"):
+        workflow._check_same_run(saved, SearchConfig())
+
+
+def test_seeds_beyond_the_population_are_left_out(tiny_run):
+    """TINY_SEARCH's population of 3 holds identity, raw L2 and uniform; the two stream seeds
+    are left out with a warning instead of failing the search."""
+    ranking = json.loads((tiny_run / "ranking.json").read_text())
+    assert ranking["settings"]["stream_seeds"] == [0.25, 0.5] and ranking["settings"]["population"] == 3
+    state = json.loads((tiny_run / "search_state.json").read_text())
+    assert len(state["seeds"]) == 3
