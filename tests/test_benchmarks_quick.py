@@ -129,3 +129,28 @@ def test_a_method_with_fewer_seeds_shows_its_n_in_the_table():
     _, rows = table_rows(summary, [], ["legr", "legr_tau50", "uniform"])
     assert rows[0][2].endswith("(0.200)") and rows[0][4].endswith("(0.200)")
     assert rows[0][3].endswith("(0.200) n=4")
+
+
+def _row(method, seed, top1, target=0.2):
+    return {"setting": "s/m", "target": target, "method": method, "seed": seed, "test_top1": top1,
+            "recal_top1": top1 / 3}
+
+
+def test_each_ablation_is_paired_with_the_method_it_switches_a_change_off_from():
+    from benchmarks.ranking_quality import ablation
+
+    rows = [_row(m, s, v + s) for s in range(3)
+            for m, v in (("legr", 80.0), ("abl_no_stream", 78.0), ("abl_no_norm", 77.5))]
+    got = {a["variant"]: a for a in ablation(rows)}
+    assert got["abl_no_stream"]["base"] == "legr" and got["abl_no_stream"]["test_top1_diff"] == pytest.approx(-2.0)
+    assert got["abl_no_norm"]["base"] == "abl_no_stream"
+    assert got["abl_no_norm"]["test_top1_diff"] == pytest.approx(-0.5)
+
+
+def test_the_wide_streams_reference_is_not_one_of_the_other_methods():
+    from benchmarks.ranking_quality import paired
+
+    rows = [_row(m, s, v + 0.1 * s * (m == "legr")) for s in range(3)
+            for m, v in (("legr", 80.0), ("uniform", 79.0), ("wide_streams", 81.0))]
+    (p,) = [p for p in paired(rows, ["legr", "uniform", "wide_streams"]) if p["metric"] == "test_top1"]
+    assert p["versus"] == "uniform" and p["diff_mean"] == pytest.approx(1.1)
