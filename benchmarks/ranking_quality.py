@@ -111,8 +111,6 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr_tau50": {"tau": 50, **BEFORE_STREAMS},
     # not an ablation: the search as the product's, the finalists re-scored after 100 steps
     "legr_ftau100": {"final_tau": 100, **BEFORE_STREAMS},
-    # the product's method, under the name it was first measured with (same search, same key)
-    "legr_stream": {"stream_seeds": (0.25, 0.5)},
 }
 # variant keys that change the pruner's floors or rounding, not only the search
 PRUNER_FIELDS = ("round_to", "min_fraction", "min_channels")
@@ -488,7 +486,13 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: in
                                    lambda sc=sc, v=variant: masked_net(bench, sc, search_target,
                                                                        variant_pruner(bench, v))))
             bar.update(1)
-    return [r for r in rows if r is not None]
+    return unique_rows(r for r in rows if r is not None)
+
+
+def unique_rows(rows) -> list[dict[str, Any]]:
+    """One row per setting, method, target and seed: a variant listed in --methods is also
+    reached by the ablation loop, and its rows must not count twice in the means."""
+    return list({(r["setting"], r["method"], r["target"], r["seed"]): r for r in rows}.values())
 
 
 # ----- which normalisation: identity rankings, recalibrated, no fine-tuning ---------------

@@ -133,7 +133,7 @@ def test_a_method_with_fewer_seeds_shows_its_n_in_the_table():
 
 def _row(method, seed, top1, target=0.2):
     return {"setting": "s/m", "target": target, "method": method, "seed": seed, "test_top1": top1,
-            "recal_top1": top1 / 3}
+            "recal_top1": top1 / 3, "macs_ratio": target}
 
 
 def test_each_ablation_is_paired_with_the_method_it_switches_a_change_off_from():
@@ -154,3 +154,12 @@ def test_the_wide_streams_reference_is_not_one_of_the_other_methods():
             for m, v in (("legr", 80.0), ("uniform", 79.0), ("wide_streams", 81.0))]
     (p,) = [p for p in paired(rows, ["legr", "uniform", "wide_streams"]) if p["metric"] == "test_top1"]
     assert p["versus"] == "uniform" and p["diff_mean"] == pytest.approx(1.1)
+
+
+def test_a_variant_reached_twice_counts_once():
+    from benchmarks.ranking_quality import summarize, unique_rows
+
+    rows = [_row("abl_no_stream", s, 70.0 + s) for s in range(5)] + [_row("abl_no_stream", s, 70.0 + s)
+                                                                        for s in range(3)]
+    (cell,) = summarize(unique_rows(rows))
+    assert cell["n"] == 5 and cell["test_top1_mean"] == pytest.approx(72.0)
