@@ -25,8 +25,9 @@ on timing, changes which members a tournament sees: same seed, different (equall
 valid) result, unless replayed.
 
 The initial population starts with the caller's seed transforms (the product seeds the
-identity, the paper's raw-L2 ranking and uniform pruning; without seeds, member 0 is the
-identity). The other initial members are random: with ``around_seeds``, each is a seed
+identity, the paper's raw-L2 ranking, uniform pruning and uniform pruning with wider
+residual streams; without seeds, member 0 is the identity). The other initial members
+are random: with ``around_seeds``, each is a seed
 (chosen at random) perturbed in every layer by ``init_scale``; otherwise the paper's
 ``alpha = exp(N(0, init_scale))``, ``kappa = N(0, init_scale) * sigma_l``. A mutation
 perturbs about ``mutate_fraction`` of the layers: ``alpha *= exp(N(0, step *

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "lamp, none")
     g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
     g.add_argument("--no-seed-population", dest="seed_population", action="store_false",
-                   help="do not seed the search with the identity, paper raw-L2 and uniform rankings")
+                   help="do not seed the search with the identity, paper raw-L2, uniform and stream rankings")
     g.add_argument("--stream-seeds", type=_floats,
                    help="also seed uniform pruning with the residual streams (channels several convs "
                         "write, tied by residual additions) kept wider: s keeps u + s*(1-u) of a stream, "
