@@ -175,7 +175,8 @@ def write_run_config(run: Path, cfg: SearchConfig) -> None:
 def _check_same_run(saved: Path, cfg: SearchConfig) -> None:
     old = read_json_object(saved, "configuration of the run to resume")
     new = json.loads(json.dumps(cfg.to_dict()))
-    # a key added after the run was made (e.g. cost) counts as its default
+    # a key added after the run was made (e.g. cost) counts as its default, or as the value
+    # that runs without it had when the default changed later (LEGACY_VALUES)
     defaults = json.loads(json.dumps(SearchConfig().to_dict()))
     old = {**{k: v for k, v in defaults.items() if k not in old}, **{k: v for k, v in LEGACY_VALUES.items()
                                                                      if k not in old}, **old}
@@ -395,10 +396,12 @@ def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         mask, _ = pruner.prune_to(uniform_scores(base, group), target)
         counts = np.bincount(group[mask], minlength=len(coupling.groups))
         seeds["uniform"] = uniform_transform(scores, coupling, counts)
-        streams = stream_groups(coupling, ctx.dense) if cfg.stream_seeds else None
+        streams = stream_groups(coupling, ctx.dense)
+        if cfg.stream_seeds and not streams.any():
+            log.info("stream seeds: the model has no residual streams (no group written by two convs)")
+        share = counts / np.array([g.size for g in coupling.groups])
         made = [counts]
-        for s in cfg.stream_seeds:
-            share = counts / np.array([g.size for g in coupling.groups])
+        for s in cfg.stream_seeds if streams.any() else ():
             wide = pruner.stream_counts(base, streams, share + s * (1.0 - share), target)
             if wide is None or any(np.array_equal(wide, c) for c in made):
                 log.info("stream seed %g: %s", s, "the streams alone exceed the search target"

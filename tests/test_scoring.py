@@ -123,6 +123,31 @@ def test_stream_groups_are_the_residual_chains():
         "conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"]
 
 
+def test_a_concat_is_not_a_stream_a_residual_add_is():
+    model, coupling, _ = _setup("concat_net")
+    streams = dict(zip((g.root for g in coupling.groups), stream_groups(coupling, model)))
+    assert streams == {"head": False, "res": True, "dw": False}  # dw: concat of a and b, then depthwise
+
+
+def test_a_net_without_residual_streams_gets_no_stream_seeds():
+    from types import SimpleNamespace
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.workflow import seed_transforms
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                       nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)))
+    x = torch.randn(1, 3, 32, 32)
+    coupling = build_coupling(model, x)
+    assert not stream_groups(coupling, model).any()
+    ctx = SimpleNamespace(scores=base_scores(model, coupling), dense=model, cfg=SearchConfig(targets=(0.5, 0.3)),
+                          pruner=Pruner(coupling, build_cost_model(model, x, coupling), 1))
+    assert list(seed_transforms(ctx)) == ["identity", "paper_l2", "uniform"]
+
+
 def test_a_depthwise_conv_does_not_make_a_group_a_stream():
     torch.manual_seed(0)
     model = create_model("mobilenetv2_cifar")

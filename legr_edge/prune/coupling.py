@@ -62,18 +62,19 @@ class Coupling:
 
 
 def stream_groups(coupling: Coupling, model: nn.Module) -> np.ndarray:
-    """Which groups are residual streams: channels written by two or more convs (a residual
-    addition ties their outputs), not counting depthwise convs, which only pass a group's
-    channels through. A stream channel is input to every block along it, so it costs
-    several times the MACs of a block's inner channel."""
+    """Which groups are residual streams: every channel written by two or more convs (a
+    residual addition ties their outputs). Depthwise convs only pass a group's channels
+    through, and the inputs of a concat each write only part of it: neither counts. A
+    stream channel is input to every block along it, so it costs several times the MACs
+    of a block's inner channel."""
     modules = dict(model.named_modules())
 
-    def writes(m: Member) -> bool:
+    def writes_all(m: Member, size: int) -> bool:
         conv = modules.get(m.name)
-        return (m.is_out and isinstance(conv, nn.Conv2d)
+        return (m.is_out and isinstance(conv, nn.Conv2d) and len(np.unique(m.roots)) == size
                 and not (conv.groups > 1 and conv.groups == conv.in_channels))
 
-    return np.array([sum(writes(m) for m in g.members) >= 2 for g in coupling.groups], dtype=bool)
+    return np.array([sum(writes_all(m, g.size) for m in g.members) >= 2 for g in coupling.groups], dtype=bool)
 
 
 def build_coupling(model: nn.Module, example_input: torch.Tensor,
