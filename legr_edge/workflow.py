@@ -347,7 +347,7 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
     else:
         seeds = seed_transforms(ctx) if cfg.seed_population else {}
         if len(seeds) > cfg.population:
-            log.warning("a population of %d holds only the first %d seed rankings: %s left out",
+            log.info("a population of %d holds only the first %d seed rankings: %s left out",
                         cfg.population, cfg.population, ", ".join(list(seeds)[cfg.population:]))
             seeds = dict(list(seeds.items())[:cfg.population])
         state = EvolutionState.fresh(settings, ctx.scores.sigma, list(seeds.values()))

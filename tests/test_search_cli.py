@@ -335,7 +335,7 @@ def test_a_run_made_before_stream_seeds_resumes_only_without_them(tmp_path):
 
 def test_seeds_beyond_the_population_are_left_out(tiny_run):
     """TINY_SEARCH's population of 3 holds identity, raw L2 and uniform; the two stream seeds
-    are left out with a warning instead of failing the search."""
+    are left out (logged) instead of failing the search."""
     ranking = json.loads((tiny_run / "ranking.json").read_text())
     assert ranking["settings"]["stream_seeds"] == [0.25, 0.5] and ranking["settings"]["population"] == 3
     state = json.loads((tiny_run / "search_state.json").read_text())
