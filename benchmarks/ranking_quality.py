@@ -7,8 +7,9 @@ paired seeds:
 - ``legr``: the product's learned ranking (``--scoring v2``: per-layer z-scored filter
   norms, group mean, evolution seeded with identity, raw L2, uniform and uniform with
   wider residual streams, well-scaled, a fitness of 10 SGD steps on common batches +
-  BatchNorm recalibration + validation loss), searched at the smallest target; the finalists and seeds are re-scored at every target and each target's
-  network is cut with the finalist best there (the product's ``--member-choice``);
+  BatchNorm recalibration + validation loss), searched at the smallest target; the
+  finalists and seeds are re-scored at every target and each target's network is cut
+  with the finalist best there (the product's ``--member-choice``);
 - ``legr_one`` (``--methods``): the same search, every target cut with its one winning
   ranking (``--member-choice one``), to measure what the per-member choice adds;
 - ``legr_paper``: the published method (``--scoring paper``), same search budget;
@@ -30,7 +31,9 @@ hiding it). Differences are PAIRED per seed: LeGR minus the best other method (b
 mean), with a 95% confidence interval (Student's t over seeds).
 
 The ablation (at the search target) switches each change of the product's method off
-alone and reports its paired difference to ``legr``.
+alone and reports its paired difference to the method it was switched off from
+(``ABLATION_BASE``: ``legr`` for the stream seeds, ``abl_no_stream`` for the earlier
+changes, which were measured before the stream seeds joined the method).
 
 Everything is cached under ``--work-dir`` (dense models, rankings, fine-tune results,
 keyed by their settings), so a rerun or an interrupted run reuses what is done.
@@ -186,8 +189,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                       + ",".join(FULL) + "; quick: digits/resnet20)")
     p.add_argument("--targets", help="comma-separated MAC targets (default 0.7,0.5,0.3,0.2; quick 0.5,0.3)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 5 per shapes setting, 2 for digits; quick 0)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS) + "; also legr_one, "
-                   + WIDE_STREAMS + " and the LeGR variants: " + ",".join(k for k in LEGR_VARIANTS if k != "legr"))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated subset of " + ",".join(METHODS) + "; also legr_one, " + WIDE_STREAMS
+                   + " and the LeGR variants: " + ",".join(k for k in LEGR_VARIANTS if k != "legr"))
     p.add_argument("--ablation", default="shapes/resnet20",
                    help="settings that get the ablation at the search target ('' for none)")
     p.add_argument("--no-finetune", action="store_true",

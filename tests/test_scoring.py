@@ -15,12 +15,12 @@ from legr_edge.prune.scoring import (base_scores, normalise, paper_transform, un
 from tests.helpers import make_concat_net, randomize_bn
 
 
-def _setup(name="resnet20", size=(3, 32, 32)):
+def _setup(name="resnet20", size=(3, 32, 32), round_to=1):
     torch.manual_seed(0)
     model = randomize_bn(make_concat_net() if name == "concat_net" else create_model(name))
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(1))
     coupling = build_coupling(model, x)
-    return model, coupling, Pruner(coupling, build_cost_model(model, x, coupling), 1)
+    return model, coupling, Pruner(coupling, build_cost_model(model, x, coupling), round_to)
 
 
 def _scale_layer(model, name, factor):
@@ -88,9 +88,7 @@ def test_paper_transform_reproduces_the_raw_l2_sum_ranking(norm):
 
 @pytest.mark.parametrize("round_to", [1, 4])
 def test_uniform_seed_keeps_at_least_uniform_counts_at_the_target(round_to):
-    model, coupling, _ = _setup()
-    x = torch.randn(1, 3, 32, 32)
-    pruner = Pruner(coupling, build_cost_model(model, x, coupling), round_to)
+    model, coupling, pruner = _setup(round_to=round_to)
     ls = base_scores(model, coupling)
     group = coupling.group_of_channel
     base = ls.transformed(*ls.identity())
@@ -166,9 +164,7 @@ def test_a_depthwise_conv_does_not_make_a_group_a_stream():
 
 @pytest.mark.parametrize("round_to", [1, 4])
 def test_stream_counts_keep_the_streams_at_their_share_and_fill_the_rest(round_to):
-    model, coupling, _ = _setup()
-    x = torch.randn(1, 3, 32, 32)
-    pruner = Pruner(coupling, build_cost_model(model, x, coupling), round_to)
+    model, coupling, pruner = _setup(round_to=round_to)
     ls = base_scores(model, coupling)
     base = ls.transformed(*ls.identity())
     streams = stream_groups(coupling, model)
