@@ -59,6 +59,8 @@ class SearchConfig:
                                          # costlier proxy of fine-tuning, spent only on the finalists
     final_targets: str = "family"        # finalists re-scored at every family target | only the "search" one
     member_choice: str = "per_target"    # each member: the finalist best at its target | "one" ranking for all
+    target_seeds: bool = True            # per_target: the uniform and stream seeds computed AT each family
+                                         # target compete for that member too (re-scored there only)
     round_to: int = 1                    # overridden by the profile's unless given explicitly
     min_fraction: float = 0.1
     min_channels: int = 2
@@ -172,7 +174,7 @@ class SearchConfig:
 SCORING: dict[str, dict[str, Any]] = {
     "v2": {},
     "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, stream_seeds=(), init_scale=1.0,
-                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0,
+                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0, target_seeds=False,
                   tau_batches="per_candidate"),
 }
 SCORING_BUDGET: dict[str, dict[str, Any]] = {"v2": {}, "paper": {"tau": 40}}

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--member-choice", choices=("per_target", "one"),
                    help="per_target (default): each family member is cut with the finalist that re-scored "
                         "best at its own target; one: every member with the single winning ranking")
+    g.add_argument("--no-target-seeds", dest="target_seeds", action="store_false",
+                   help="per_target: do not let the uniform and stream seeds computed AT each family "
+                        "target compete for that member (by default they are re-scored there, about 3 "
+                        "evaluations per target, and a member is cut with one when it re-scores best)")
     g.add_argument("--round-to", type=int, help="keep every prunable width a multiple of N (default: the profile's)")
     g.add_argument("--profile", help="target device profile, a TOML path or a name in profiles/ (default cpu-ort); "
                                      "its round_to and opset are used unless given")

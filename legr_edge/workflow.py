@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # Settings that may differ between an interrupted run and its --resume.
 RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "workers", "ray_address"}
 # keys added after runs were made, whose default then changed: a run without the key had this
-LEGACY_VALUES: dict[str, Any] = {"stream_seeds": []}
+LEGACY_VALUES: dict[str, Any] = {"stream_seeds": [], "target_seeds": False}
 
 
 @dataclasses.dataclass
@@ -372,43 +372,56 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
     evolve_async(pool or SerialPool(lambda k, a, kp: candidate_fitness(ctx, k, a, kp)), state, state_path, record)
     bar.close()
     best, final = choose_final(ctx, state, pool)
-    members = choose_members(ctx, state, best, final)
-    write_ranking(ctx, best, final, members)
+    at_targets = score_target_seeds(ctx, state, pool)
+    members = choose_members(ctx, state, best, final, at_targets)
+    write_ranking(ctx, best, final, members, at_targets)
     return LearnedRanking(np.asarray(best.alpha), np.asarray(best.kappa),
                           {t: (np.asarray(c.alpha), np.asarray(c.kappa)) for t, c in members.items()})
 
 
 def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The initial population's seeds: identity (normalised scores), the paper's raw-L2
-    ranking, uniform pruning at the search target (per-group kappa offsets), and for each
-    ``--stream-seeds`` value s, uniform pruning with the residual streams kept wider: a
-    stream group keeps u + s * (1 - u) of its channels (u: its uniform share), the other
-    groups share what is left of the budget. s = 0 is uniform pruning; s = 1 keeps the
-    streams whole, as raw-L2 pruning does on deep ResNets."""
-    scores, pruner, cfg = ctx.scores, ctx.pruner, ctx.cfg
+    ranking, and the seeds computed at the search target (:func:`target_seed_transforms`)."""
+    scores = ctx.scores
     seeds = {"identity": scores.identity()}
     if scores.norm != "lamp":
         seeds["paper_l2"] = paper_transform(scores)
-    if scores.reduce == "mean":
-        coupling, target = pruner.coupling, cfg.effective_search_target
-        group = coupling.group_of_channel
-        base = scores.transformed(*scores.identity())
-        mask, _ = pruner.prune_to(uniform_scores(base, group), target)
-        counts = np.bincount(group[mask], minlength=len(coupling.groups))
-        seeds["uniform"] = uniform_transform(scores, coupling, counts)
-        streams = stream_groups(coupling, ctx.dense)
-        if cfg.stream_seeds and not streams.any():
-            log.info("stream seeds: the model has no residual streams (no group written by two convs)")
-        share = counts / np.array([g.size for g in coupling.groups])
-        made = [counts]
-        for s in cfg.stream_seeds if streams.any() else ():
-            wide = pruner.stream_counts(base, streams, share + s * (1.0 - share), target)
-            if wide is None or any(np.array_equal(wide, c) for c in made):
-                log.info("stream seed %g: %s", s, "the streams alone exceed the search target"
-                         if wide is None else "the same network as another seed; skipped")
-                continue
-            made.append(wide)
-            seeds[f"stream_{s:g}"] = uniform_transform(scores, coupling, wide)
+    seeds.update(target_seed_transforms(ctx, ctx.cfg.effective_search_target))
+    return seeds
+
+
+def target_seed_transforms(ctx: Context, target: float,
+                           quiet: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The seeds that depend on a MAC target: uniform pruning at ``target`` (per-group
+    kappa offsets), and for each ``--stream-seeds`` value s, uniform pruning with the
+    residual streams kept wider: a stream group keeps u + s * (1 - u) of its channels (u:
+    its uniform share), the other groups share what is left of the budget. s = 0 is
+    uniform pruning; s = 1 keeps the streams whole, as raw-L2 pruning does on deep ResNets.
+    Each is exact only at its own target (at another it is some other allocation), which
+    is why ``--target-seeds`` computes them again at every family target."""
+    scores, pruner, cfg = ctx.scores, ctx.pruner, ctx.cfg
+    if scores.reduce != "mean":
+        return {}
+    note = log.debug if quiet else log.info
+    coupling = pruner.coupling
+    group = coupling.group_of_channel
+    base = scores.transformed(*scores.identity())
+    mask, _ = pruner.prune_to(uniform_scores(base, group), target)
+    counts = np.bincount(group[mask], minlength=len(coupling.groups))
+    seeds = {"uniform": uniform_transform(scores, coupling, counts)}
+    streams = stream_groups(coupling, ctx.dense)
+    if cfg.stream_seeds and not streams.any():
+        note("stream seeds: the model has no residual streams (no group written by two convs)")
+    share = counts / np.array([g.size for g in coupling.groups])
+    made = [counts]
+    for s in cfg.stream_seeds if streams.any() else ():
+        wide = pruner.stream_counts(base, streams, share + s * (1.0 - share), target)
+        if wide is None or any(np.array_equal(wide, c) for c in made):
+            note("stream seed %g at %g: %s", s, target, "the streams alone exceed the target"
+                 if wide is None else "the same network as another seed; skipped")
+            continue
+        made.append(wide)
+        seeds[f"stream_{s:g}"] = uniform_transform(scores, coupling, wide)
     return seeds
 
 
@@ -460,24 +473,63 @@ def choose_final(ctx: Context, state: EvolutionState, pool=None) -> tuple[Candid
     return state.candidate(winner["index"]), final
 
 
+def score_target_seeds(ctx: Context, state: EvolutionState, pool=None) -> list[dict[str, Any]]:
+    """``--target-seeds``: the uniform and stream seeds computed AT each family target
+    other than the search target (there they are the evolution's own seeds), re-scored
+    there only, on the finalists' draws. A seed computed at the search target is another
+    allocation at 0.5; the one computed at 0.5 is the network uniform (or wide-stream)
+    pruning really gives there, and may beat every finalist at that member."""
+    cfg = ctx.cfg
+    if not (cfg.target_seeds and cfg.member_choice == "per_target" and cfg.seed_population
+            and cfg.finalists and cfg.final_rounds):
+        return []
+    scored_at = set(cfg.effective_final_targets) - {cfg.effective_search_target}
+    entries = [(t, name, a, k) for t in sorted(set(cfg.targets) & scored_at, reverse=True)
+               for name, (a, k) in target_seed_transforms(ctx, t, quiet=True).items()]
+    if not entries:
+        return []
+    rounds = range(1, cfg.final_rounds + 1)
+    first = cfg.candidates  # job numbers past the evolution's candidates (they seed nothing shared)
+    values = _rescore(ctx, [(first + j, np.asarray(a), np.asarray(k), r, (t,))
+                            for j, (t, _, a, k) in enumerate(entries) for r in rounds], pool)
+    out = []
+    for t, name, a, k in entries:
+        draws = [values.pop(0) for _ in rounds]
+        out.append({"target": t, "seed": name, "fitness": float(np.mean(draws)),
+                    "alpha": [float(x) for x in a], "kappa": [float(x) for x in k]})
+    log.info("ranking: %d seeds computed at the family targets %s re-scored there", len(out),
+             ", ".join(f"{t:g}" for t in sorted({e["target"] for e in out}, reverse=True)))
+    return out
+
+
 def choose_members(ctx: Context, state: EvolutionState, best: Candidate,
-                   final: list[dict[str, Any]]) -> dict[float, Candidate]:
+                   final: list[dict[str, Any]], target_seeds: list[dict[str, Any]] = ()) -> dict[float, Candidate]:
     """The candidate each family member is cut with: with ``--member-choice per_target``
     the finalist (seeds included) whose re-scored fitness at that target is the best,
     else the winner. A ranking learned at the smallest target is not always the best at
     the largest ones (where the seeds often re-score better); this costs nothing more,
-    the re-scoring measured every finalist at every target already."""
+    the re-scoring measured every finalist at every target already. A seed computed at
+    that target (``target_seeds``, see :func:`score_target_seeds`) wins where it
+    re-scored strictly better than every finalist; it is returned as a Candidate with
+    index -1 and ``info["target_seed"]`` naming it."""
     cfg = ctx.cfg
     members = {t: best for t in cfg.targets}
     if cfg.member_choice != "per_target":
         return members
     for t in cfg.targets:
         scored = [f for f in final if f"{t:g}" in f["by_target"]]
+        value = -np.inf
         if scored:
             pick = max(scored, key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))
-            members[t] = state.candidate(pick["index"])
-    picked = {f"{t:g}": c.index for t, c in sorted(members.items())}
-    log.info("ranking: members cut with candidates %s (target: candidate)", picked)
+            members[t], value = state.candidate(pick["index"]), pick["by_target"][f"{t:g}"]
+        for seed in (e for e in target_seeds if e["target"] == t):
+            if seed["fitness"] > value:
+                value = seed["fitness"]
+                members[t] = Candidate(-1, seed["alpha"], seed["kappa"], seed["fitness"],
+                                       {"target_seed": f"{seed['seed']}@{t:g}"})
+    picked = {f"{t:g}": c.info.get("target_seed", c.index) if c.index < 0 else c.index
+              for t, c in sorted(members.items())}
+    log.info("ranking: members cut with candidates %s (target: candidate, or a seed computed there)", picked)
     return members
 
 
@@ -496,7 +548,8 @@ def _log_row(cand, dense_macs: int) -> dict[str, Any]:
             "macs_ratio": cand.info["macs"] / dense_macs, "worker": cand.worker}
 
 
-def write_ranking(ctx: Context, best, final: list[dict[str, Any]], members: dict[float, Candidate]) -> None:
+def write_ranking(ctx: Context, best, final: list[dict[str, Any]], members: dict[float, Candidate],
+                  target_seeds: list[dict[str, Any]] = ()) -> None:
     cfg = ctx.cfg
     io.write_json(ctx.run / "ranking.json", {
         "format": "legr_edge.ranking/2", "model": cfg.model, "dataset": cfg.dataset,
@@ -504,10 +557,15 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]], members: dict
         "scoring": cfg.scoring, "score_norm": cfg.score_norm, "group_reduce": cfg.group_reduce,
         "best_fitness": best.fitness, "best_index": best.index, "best_info": best.info,
         "final": final,
+        # --target-seeds: the seeds computed at each family target, re-scored there
+        "target_seeds": [{k: e[k] for k in ("target", "seed", "fitness")} for e in target_seeds],
         "layers": [{"name": n, "alpha": a, "kappa": k}
                    for n, a, k in zip(ctx.scores.layer_names, best.alpha, best.kappa)],
         # per family target: the candidate its member is cut with (--member-choice)
-        "members": [{"target": t, "index": c.index, "alpha": list(c.alpha), "kappa": list(c.kappa)}
+        # (index null and target_seed naming it where a seed computed at that target won)
+        "members": [{"target": t, "index": c.index if c.index >= 0 else None,
+                     **({"target_seed": c.info["target_seed"]} if c.index < 0 else {}),
+                     "alpha": list(c.alpha), "kappa": list(c.kappa)}
                     for t, c in sorted(members.items())],
         "settings": _ranking_settings(cfg),
         "dense_macs": _dense_mac_count(ctx), "cost": ctx.cfg.cost,
@@ -524,6 +582,8 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
         settings["final_tau"] = cfg.final_tau
     if cfg.stream_seeds:  # likewise: rankings learned without them keep matching
         settings["stream_seeds"] = list(cfg.stream_seeds)
+    if cfg.target_seeds:  # likewise
+        settings["target_seeds"] = True
     return json.loads(json.dumps(settings))
 
 

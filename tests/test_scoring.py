@@ -217,3 +217,37 @@ def test_stream_seeds_widen_the_streams_of_the_uniform_seed():
     share = uniform / sizes
     np.testing.assert_allclose(low[streams] / sizes[streams], (share + 0.3 * (1 - share))[streams],
                                atol=1.0 / sizes[streams].min())
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_seeds_computed_at_a_target_reproduce_uniform_pruning_there(round_to):
+    """The uniform seed computed at 0.5 cuts (at 0.5) what uniform pruning cuts there; the
+    one computed at the search target (0.2) is another allocation at 0.5."""
+    from types import SimpleNamespace
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.workflow import seed_transforms, target_seed_transforms
+
+    model, coupling, pruner = _setup(round_to=round_to)
+    ls = base_scores(model, coupling)
+    group = coupling.group_of_channel
+    ctx = SimpleNamespace(scores=ls, pruner=pruner, dense=model, cfg=SearchConfig(targets=(0.5, 0.2)))
+
+    def widths(transform, target):
+        mask, macs = pruner.prune_to(ls.transformed(*transform), target)
+        assert macs <= target * pruner.dense_macs
+        return np.bincount(group[mask], minlength=len(coupling.groups))
+
+    uni_mask, _ = pruner.prune_to(uniform_scores(ls.transformed(*ls.identity()), group), 0.5)
+    uniform = np.bincount(group[uni_mask], minlength=len(coupling.groups))
+    at_half = target_seed_transforms(ctx, 0.5)
+    assert list(at_half) == ["uniform", "stream_0.25", "stream_0.5"]
+    assert (widths(at_half["uniform"], 0.5) >= uniform).all()
+    assert np.abs(widths(at_half["uniform"], 0.5) - uniform).sum() <= round_to * 2
+    from_search = widths(seed_transforms(ctx)["uniform"], 0.5)
+    assert np.abs(from_search - uniform).sum() > 4 * round_to
+    # the search target's seeds are exactly the evolution's
+    at_search = target_seed_transforms(ctx, 0.2)
+    for name, (a, k) in at_search.items():
+        np.testing.assert_array_equal(a, seed_transforms(ctx)[name][0])
+        np.testing.assert_array_equal(k, seed_transforms(ctx)[name][1])

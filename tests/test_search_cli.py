@@ -244,13 +244,94 @@ def test_a_ranking_that_collapses_at_a_larger_member_loses_the_final_choice(monk
     assert {c.index for c in workflow.choose_members(one, state, best, final).values()} == {best.index}
 
 
+def test_seeds_computed_at_the_other_family_targets_are_rescored_there(tiny_run):
+    ranking = json.loads((tiny_run / "ranking.json").read_text())
+    assert ranking["settings"]["target_seeds"] is True
+    # the search target (0.4) has them as evolution seeds already; 0.6 gets its own
+    assert sorted({e["target"] for e in ranking["target_seeds"]}) == [0.6]
+    assert [e["seed"] for e in ranking["target_seeds"]][0] == "uniform"
+    assert all(isinstance(e["fitness"], float) for e in ranking["target_seeds"])
+
+
+def test_a_seed_computed_at_a_target_wins_that_member_only_where_it_rescores_best(monkeypatch):
+    import types
+
+    import numpy as np
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.evolution import Candidate, EvolutionSettings, EvolutionState
+
+    cfg = SearchConfig(targets=(0.7, 0.5, 0.2), finalists=1)
+    state = EvolutionState.fresh(EvolutionSettings(population=4, sample=2, candidates=4), np.ones(2))
+    state.history = [Candidate(k, [1.0, 1.0], [0.0, 0.0], -1.0 - k, {}) for k in range(4)]
+    final = [{"index": 0, "by_target": {"0.7": -0.4, "0.5": -0.6, "0.2": -1.0}, "mean": -0.67, "seed": True}]
+    seeds = [{"target": 0.7, "seed": "uniform", "fitness": -0.45, "alpha": [2.0, 2.0], "kappa": [0.0, 0.0]},
+             {"target": 0.5, "seed": "uniform", "fitness": -0.58, "alpha": [3.0, 3.0], "kappa": [0.1, 0.2]},
+             {"target": 0.5, "seed": "stream_0.25", "fitness": -0.55, "alpha": [4.0, 4.0], "kappa": [0.3, 0.4]}]
+    ctx = types.SimpleNamespace(cfg=cfg)
+    members = workflow.choose_members(ctx, state, state.candidate(0), final, seeds)
+    assert members[0.7].index == 0 and members[0.2].index == 0          # the finalist re-scored better
+    assert members[0.5].index == -1 and members[0.5].info["target_seed"] == "stream_0.25@0.5"
+    assert (members[0.5].alpha, members[0.5].kappa) == ([4.0, 4.0], [0.3, 0.4])
+    # without the seeds (or with --member-choice one) nothing changes
+    assert {c.index for c in workflow.choose_members(ctx, state, state.candidate(0), final).values()} == {0}
+    one = types.SimpleNamespace(cfg=SearchConfig(targets=(0.7, 0.5, 0.2), member_choice="one"))
+    assert {c.index for c in workflow.choose_members(one, state, state.candidate(0), final, seeds).values()} == {0}
+
+
+def test_target_seeds_are_computed_at_each_other_target_and_scored_only_there(monkeypatch):
+    import types
+
+    import numpy as np
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.evolution import EvolutionSettings, EvolutionState
+
+    calls = []
+
+    def fitness(ctx, k, alpha, kappa, round=0, targets=None):
+        calls.append((k, round, targets))
+        return -float(len(calls)), {}
+
+    made = []
+
+    def seeds_at(ctx, target, quiet=False):
+        made.append(target)
+        return {"uniform": (np.full(2, target), np.zeros(2)), "stream_0.25": (np.ones(2), np.full(2, target))}
+
+    monkeypatch.setattr(workflow, "candidate_fitness", fitness)
+    monkeypatch.setattr(workflow, "target_seed_transforms", seeds_at)
+    state = EvolutionState.fresh(EvolutionSettings(population=4, sample=2, candidates=4), np.ones(2))
+    cfg = SearchConfig(targets=(0.7, 0.5, 0.2), finalists=1, final_rounds=2, candidates=4)
+    out = workflow.score_target_seeds(types.SimpleNamespace(cfg=cfg), state)
+    assert made == [0.7, 0.5]                                   # not the search target (0.2)
+    assert [(e["target"], e["seed"]) for e in out] == [(0.7, "uniform"), (0.7, "stream_0.25"),
+                                                       (0.5, "uniform"), (0.5, "stream_0.25")]
+    assert [c[2] for c in calls] == [(0.7,)] * 4 + [(0.5,)] * 4  # each scored at its own target only
+    assert [c[1] for c in calls] == [1, 2] * 4                   # on the finalists' draws
+    assert len({c[0] for c in calls}) == 4 and min(c[0] for c in calls) >= cfg.candidates
+    assert out[0]["fitness"] == -1.5 and out[0]["alpha"] == [0.7, 0.7]  # mean of its draws
+    for off in (dict(target_seeds=False), dict(member_choice="one"), dict(finalists=0),
+                dict(seed_population=False)):
+        calls.clear()
+        assert workflow.score_target_seeds(types.SimpleNamespace(cfg=SearchConfig(**{**dict(
+            targets=(0.7, 0.5, 0.2), finalists=1), **off})), state) == [] and not calls
+
+
 def test_ranking_json_records_each_members_transform(tiny_run):
     ranking = json.loads((tiny_run / "ranking.json").read_text())
     members = {m["target"]: m for m in ranking["members"]}
     assert sorted(members) == [0.4, 0.6]
     final = {f["index"]: f for f in ranking["final"]}
     for t, m in members.items():
-        assert m["index"] == max(final.values(), key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))["index"]
+        best = max(final.values(), key=lambda f: (f["by_target"][f"{t:g}"], -f["index"]))
+        at_t = [e for e in ranking["target_seeds"] if e["target"] == t]
+        if m["index"] is None:  # a seed computed at t won: it re-scored above every finalist there
+            seed = next(e for e in at_t if f"{e['seed']}@{t:g}" == m["target_seed"])
+            assert seed["fitness"] > best["by_target"][f"{t:g}"]
+        else:
+            assert m["index"] == best["index"]
+            assert all(e["fitness"] <= best["by_target"][f"{t:g}"] for e in at_t)
         assert len(m["alpha"]) == len(m["kappa"]) == len(ranking["layers"])
     names = tuple(layer["name"] for layer in ranking["layers"])
     loaded = workflow.LearnedRanking.from_json(ranking, names, (0.6, 0.4))
