@@ -8,8 +8,12 @@ paired seeds:
   norms, group mean, evolution seeded with identity, raw L2, uniform and uniform with
   wider residual streams, well-scaled, a fitness of 10 SGD steps on common batches +
   BatchNorm recalibration + validation loss), searched at the smallest target; the
-  finalists and seeds are re-scored at every target and each target's network is cut
-  with the finalist best there (the product's ``--member-choice``);
+  finalists and seeds are re-scored at every target, the uniform and stream seeds
+  computed AT each other target are re-scored there (``--target-seeds``), and each
+  target's network is cut with the one best there (the product's ``--member-choice``);
+- ``legr_no_target_seeds`` (``--methods``): the same search (its evolution is shared
+  through the cache, see ``share_evolution``) without the seeds computed at each target:
+  the product's method of the sixth session;
 - ``legr_one`` (``--methods``): the same search, every target cut with its one winning
   ranking (``--member-choice one``), to measure what the per-member choice adds;
 - ``legr_paper``: the published method (``--scoring paper``), same search budget;
@@ -36,7 +40,9 @@ alone and reports its paired difference to the method it was switched off from
 changes, which were measured before the stream seeds joined the method).
 
 Everything is cached under ``--work-dir`` (dense models, rankings, fine-tune results,
-keyed by their settings), so a rerun or an interrupted run reuses what is done.
+keyed by their settings), so a rerun or an interrupted run reuses what is done. Two
+LeGR variants that differ only in the final choice share one evolution, and a network
+that two methods cut identically is fine-tuned once (keyed by a hash of its weights).
 
 Commands (from the repository root):
 
@@ -90,9 +96,12 @@ NAME = "ranking_quality"
 METHODS = ("legr", "legr_paper", "l2", "uniform", "random", "tp_magnitude")
 # The variants measured before the stream seeds joined the product's method keep that method
 # (no stream seeds), so their cached searches stay valid; ``abl_no_stream`` is that method.
-BEFORE_STREAMS: dict[str, Any] = {"stream_seeds": ()}
+BEFORE_STREAMS: dict[str, Any] = {"stream_seeds": (), "target_seeds": False}
 LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr": {},
+    # the product's method before the seeds computed at every family target joined it (the
+    # same evolution as legr's, shared through the cache; only the member choice differs)
+    "legr_no_target_seeds": {"target_seeds": False},
     "legr_paper": dict(SCORING["paper"], scoring="paper"),
     # the ablation: each change of the product's method switched off alone
     "abl_no_stream": dict(BEFORE_STREAMS),  # no stream seeds (the method of earlier sessions)
@@ -303,6 +312,38 @@ def variant_key(bench: Bench, variant: str, seed: int = 0) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
+# ranking settings that act only after the evolution (the final choice): variants that differ
+# in nothing else share one evolution (share_evolution)
+FINAL_CHOICE_KEYS = ("finalists", "final_rounds", "final_targets", "member_choice", "final_tau", "target_seeds")
+
+
+def evolution_key(bench: Bench, variant: str, seed: int) -> str:
+    """Hash of everything a LeGR variant's EVOLUTION depends on (its recorded ranking
+    settings less the final-choice ones, the seed and the search target)."""
+    cfg = search_config(bench.dataset, bench.budget, bench.targets, seed, bench.root, **LEGR_VARIANTS[variant])
+    settings = {k: v for k, v in workflow._ranking_settings(cfg).items() if k not in FINAL_CHOICE_KEYS}
+    settings["search_target"] = cfg.effective_search_target
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def share_evolution(root: Path, run: Path, key: str) -> bool:
+    """Start ``run`` from a finished evolution of the same ``key`` cached beside it (copy its
+    search_state.json and search_log.csv): the search then only redoes the final choice.
+    The evolution is deterministic given its settings and seed, so this is the run a fresh
+    search would make, without paying for it twice. True when one was copied."""
+    if (run / "search_state.json").exists():
+        return False
+    for other in sorted(root.glob("*/evolution_key")):
+        src = other.parent
+        if src == run or other.read_text().strip() != key or not (src / "ranking.json").exists():
+            continue
+        for name in ("search_state.json", "search_log.csv"):
+            io.write_bytes(run / name, (src / name).read_bytes())
+        log.info("%s: evolution shared from %s (same settings up to the final choice)", run.name, src.name)
+        return True
+    return False
+
+
 def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dict[float, np.ndarray] | None:
     """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``;
     the channel scores each target's network is cut with: the product's member choice, or
@@ -312,6 +353,9 @@ def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dic
     if CACHED_ONLY and not (run / "ranking.json").exists():
         return None
     run.mkdir(parents=True, exist_ok=True)
+    key = evolution_key(bench, variant, seed)
+    share_evolution(bench.root, run, key)
+    (run / "evolution_key").write_text(key)
     cfg = search_config(bench.dataset, b, bench.targets, seed, run, **over)
     dense, coupling = bench.ctx.dense, bench.pruner.coupling
     ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={}, pruner=variant_pruner(bench, variant),
@@ -454,9 +498,29 @@ def cached_row(bench: Bench, method: str, target: float, seed: int, make_net,
             if done.exists():
                 return json.loads(done.read_text())
         return None
-    row = finetune_row(bench, method, target, seed, make_net(), finetune)
+    net = make_net()
+    # the same network (another method that cut the very same channels) is fine-tuned once
+    same = bench.root / f"finetune-v{CACHE_VERSION}-{key}" / "by-net" / (
+        f"{net_digest(net)}-t{target:g}-seed{seed}{'' if finetune else '-recal'}.json")
+    if same.exists():
+        row = dict(json.loads(same.read_text()), method=method)
+        log.info("%s@%g seed %d: the same network as %s's, its row reused", method, target, seed,
+                 json.loads(same.read_text())["method"])
+    else:
+        row = finetune_row(bench, method, target, seed, net, finetune)
+        io.write_json(same, row)
     io.write_json(path, row)
     return row
+
+
+def net_digest(net: nn.Module) -> str:
+    """Hash of a network's state (every tensor's name, shape and bytes): equal for the same
+    cut of the same dense model, whichever method made it."""
+    h = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: int, bar) -> list[dict[str, Any]]:

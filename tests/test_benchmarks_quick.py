@@ -163,3 +163,38 @@ def test_a_variant_reached_twice_counts_once():
                                                                         for s in range(3)]
     (cell,) = summarize(unique_rows(rows))
     assert cell["n"] == 5 and cell["test_top1_mean"] == pytest.approx(72.0)
+
+
+def test_variants_that_differ_only_in_the_final_choice_share_one_evolution(tmp_path):
+    import json
+
+    from benchmarks.ranking_quality import share_evolution
+
+    done = tmp_path / "legr_no_target_seeds-abc-t0.2-seed0"
+    done.mkdir()
+    (done / "evolution_key").write_text("k1")
+    (done / "search_state.json").write_text('{"history": [1, 2]}')
+    (done / "search_log.csv").write_text("index\n0\n1\n")
+    new = tmp_path / "legr-def-t0.2-seed0"
+    new.mkdir()
+    assert not share_evolution(tmp_path, new, "k2")                    # another evolution: not shared
+    assert not (new / "search_state.json").exists()
+    assert not share_evolution(tmp_path, new, "k1")                    # not finished (no ranking.json)
+    (done / "ranking.json").write_text("{}")
+    assert share_evolution(tmp_path, new, "k1")
+    assert json.loads((new / "search_state.json").read_text()) == {"history": [1, 2]}
+    assert (new / "search_log.csv").read_text() == "index\n0\n1\n"
+    assert not share_evolution(tmp_path, new, "k1")                    # its own state is never replaced
+
+
+def test_the_same_cut_has_the_same_digest_whichever_method_made_it():
+    from benchmarks.ranking_quality import net_digest
+
+    torch.manual_seed(0)
+    a = create_model("resnet20", 10, 1)
+    b = create_model("resnet20", 10, 1)
+    b.load_state_dict(a.state_dict())
+    assert net_digest(a) == net_digest(b)
+    with torch.no_grad():
+        b.conv1.weight[0, 0, 0, 0] += 1e-3
+    assert net_digest(a) != net_digest(b)
