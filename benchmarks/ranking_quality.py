@@ -102,6 +102,8 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     # the product's method before the seeds computed at every family target joined it (the
     # same evolution as legr's, shared through the cache; only the member choice differs)
     "legr_no_target_seeds": {"target_seeds": False},
+    # the product's method on coupled base scores (a channel scored by every weight it touches)
+    "legr_coupled": {"score_source": "coupled"},
     "legr_paper": dict(SCORING["paper"], scoring="paper"),
     # the ablation: each change of the product's method switched off alone
     "abl_no_stream": dict(BEFORE_STREAMS),  # no stream seeds (the method of earlier sessions)
@@ -213,6 +215,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="compute nothing: report the rows the cache holds (e.g. after an interrupted run)")
     p.add_argument("--multi-target", action="store_true",
                    help="also run legr_multi (fitness at the search target and 0.5) at every target")
+    p.add_argument("--variant", default="",
+                   help="a name for a partial run (some settings or methods, another machine): its "
+                        "own section of RESULTS.md and its own result folder, the full one left alone")
     p.add_argument("--pretrain-epochs", type=int, help="override the per-setting default")
     p.add_argument("--finetune-epochs", type=int, help="override the per-setting default")
     p.add_argument("--candidates", type=int,
@@ -359,7 +364,8 @@ def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dic
     cfg = search_config(bench.dataset, b, bench.targets, seed, run, **over)
     dense, coupling = bench.ctx.dense, bench.pruner.coupling
     ctx = dataclasses.replace(bench.ctx, cfg=cfg, run=run, evaluators={}, pruner=variant_pruner(bench, variant),
-                              scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce))
+                              scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce,
+                                                 cfg.score_source))
     t0 = time.perf_counter()
     ranking = workflow.search_ranking(ctx)
     log.info("%s: %s ranking (seed %d) ready in %.0fs", bench.setting, variant, seed, time.perf_counter() - t0)
@@ -797,7 +803,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     CACHED_ONLY, FINETUNE = args.cached_only, not args.no_finetune
     FINETUNE_TARGETS = set(floats(args.finetune_targets)) if args.finetune_targets else None
-    meta = common.start(NAME, args.quick, args.verbose)
+    meta = common.start(NAME, args.quick, args.verbose, variant=args.variant)
     common.set_threads(args.threads or (1 if args.quick else None))
     settings = (args.settings or ("digits/resnet20" if args.quick else ",".join(FULL))).split(",")
     targets = floats(args.targets) if args.targets else list(QUICK_TARGETS if args.quick else FULL_TARGETS)
@@ -807,7 +813,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
     ablate = set(a for a in args.ablation.split(",") if a) if not args.quick else set()
     device = workflow.pick_device(args.device)
-    out = args.out or common.default_out(NAME, args.quick)
+    out = args.out or common.default_out(NAME, args.quick, args.variant)
     t0 = time.perf_counter()
     rows, dense, budgets, seeds_used, norm_rows, spread = [], {}, {}, {}, {}, {}
     from tqdm.auto import tqdm

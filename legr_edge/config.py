@@ -39,6 +39,8 @@ class SearchConfig:
     scoring: str = "v2"                  # v2 (the product's) | paper (the published method)
     score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
     group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
+    score_source: str = "filter"         # filter: a filter's own norm (paper) | coupled: every weight
+                                         # its channel touches (writers, BatchNorm, readers' inputs)
     seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
     stream_seeds: tuple[float, ...] = (0.25, 0.5)  # and uniform pruning with wider residual streams
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
@@ -104,6 +106,9 @@ class SearchConfig:
         from legr_edge.prune.scoring import NORMALISATIONS, REDUCTIONS
         if self.score_norm not in NORMALISATIONS:
             raise LegrError(f"--score-norm must be one of {', '.join(NORMALISATIONS)}, got {self.score_norm!r}")
+        from legr_edge.prune.scoring import SOURCES
+        if self.score_source not in SOURCES:
+            raise LegrError(f"--score-source must be one of {', '.join(SOURCES)}, got {self.score_source!r}")
         if self.group_reduce not in REDUCTIONS:
             raise LegrError(f"--group-reduce must be one of {', '.join(REDUCTIONS)}, got {self.group_reduce!r}")
         for t in self.fitness_targets:
@@ -173,9 +178,9 @@ class SearchConfig:
 # tau (the paper preset's 200) wins over the paper method's default of 40.
 SCORING: dict[str, dict[str, Any]] = {
     "v2": {},
-    "paper": dict(score_norm="none", group_reduce="sum", seed_population=False, stream_seeds=(), init_scale=1.0,
-                  mutate_scale=1.0, recal_batches=0, fitness="accuracy", finalists=0, target_seeds=False,
-                  tau_batches="per_candidate"),
+    "paper": dict(score_norm="none", group_reduce="sum", score_source="filter", seed_population=False,
+                  stream_seeds=(), init_scale=1.0, mutate_scale=1.0, recal_batches=0, fitness="accuracy",
+                  finalists=0, target_seeds=False, tau_batches="per_candidate"),
 }
 SCORING_BUDGET: dict[str, dict[str, Any]] = {"v2": {}, "paper": {"tau": 40}}
 

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "after 10 common SGD steps and BatchNorm recalibration) or paper (the published method, for comparison)")
     g.add_argument("--score-norm", help="per-layer normalisation of filter norms: zscore (default), mean, "
                                         "lamp, none")
+    g.add_argument("--score-source", help="what a filter's base score measures: filter (default: its own "
+                                          "squared L2 norm, the paper's) or coupled (every weight its channel "
+                                          "touches: the convs writing it, its BatchNorm, the inputs of the "
+                                          "layers reading it)")
     g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
     g.add_argument("--no-seed-population", dest="seed_population", action="store_false",
                    help="do not seed the search with the identity, paper raw-L2, uniform and stream rankings")

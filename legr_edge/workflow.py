@@ -280,7 +280,7 @@ def make_context(cfg, run, device, data, dense) -> Context:
         latency = build_latency_cost(cost, load_table(cfg.latency_table, load_profile(cfg.profile), cfg.model))
     pruner = Pruner(coupling, latency if cfg.cost == "latency" else cost, cfg.round_to, cfg.min_fraction,
                     cfg.min_channels)
-    scores = base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce)
+    scores = base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce, cfg.score_source)
     return Context(cfg, run, device, data, dense, scores, pruner, latency)
 
 
@@ -555,6 +555,7 @@ def write_ranking(ctx: Context, best, final: list[dict[str, Any]], members: dict
         "format": "legr_edge.ranking/2", "model": cfg.model, "dataset": cfg.dataset,
         "search_target": cfg.effective_search_target, "fitness_metric": cfg.fitness,
         "scoring": cfg.scoring, "score_norm": cfg.score_norm, "group_reduce": cfg.group_reduce,
+        "score_source": cfg.score_source,
         "best_fitness": best.fitness, "best_index": best.index, "best_info": best.info,
         "final": final,
         # --target-seeds: the seeds computed at each family target, re-scored there
@@ -584,6 +585,8 @@ def _ranking_settings(cfg: SearchConfig) -> dict[str, Any]:
         settings["stream_seeds"] = list(cfg.stream_seeds)
     if cfg.target_seeds:  # likewise
         settings["target_seeds"] = True
+    if cfg.score_source != "filter":  # likewise
+        settings["score_source"] = cfg.score_source
     return json.loads(json.dumps(settings))
 
 

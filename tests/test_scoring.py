@@ -251,3 +251,45 @@ def test_seeds_computed_at_a_target_reproduce_uniform_pruning_there(round_to):
     for name, (a, k) in at_search.items():
         np.testing.assert_array_equal(a, seed_transforms(ctx)[name][0])
         np.testing.assert_array_equal(k, seed_transforms(ctx)[name][1])
+
+
+def test_coupled_scores_see_how_much_the_next_layer_uses_a_channel():
+    """Zeroing the weights that READ one inner channel (the next conv's input slice) leaves
+    its filter norm as it was, and drops its coupled score to the bottom of its group."""
+    model, coupling, _ = _setup()
+    member = next(m for m in coupling.members() if m.name == "layer2.1.conv1" and m.is_out)
+    chan = int(member.roots[0])
+    before_f = base_scores(model, coupling, source="filter")
+    before_c = base_scores(model, coupling, source="coupled")
+    local = int(np.where(member.roots == chan)[0][0])
+    with torch.no_grad():
+        model.layer2[1].conv2.weight[:, member.idxs[local]] = 0.0
+    after_f = base_scores(model, coupling, source="filter")
+    after_c = base_scores(model, coupling, source="coupled")
+    own = before_f.entry_layer == before_f.layer_names.index("layer2.1.conv1")
+    np.testing.assert_array_equal(before_f.entry_score[own], after_f.entry_score[own])  # its own norm
+    group = coupling.group_of_channel
+    ident = after_c.transformed(*after_c.identity())
+    same = group == group[chan]
+    assert ident[chan] == ident[same].min() < before_c.transformed(*before_c.identity())[chan]
+
+
+def test_coupled_scores_do_not_change_when_a_layer_is_scaled():
+    model, coupling, pruner = _setup()
+    before = base_scores(model, coupling, source="coupled")
+    for name, factor in zip(coupling.scored_layers[::3], (0.25, 8.0, 1024.0, 0.5, 2.0, 64.0, 1 / 32)):
+        _scale_layer(model, name, factor)
+    after = base_scores(model, coupling, source="coupled")
+    np.testing.assert_allclose(before.transformed(*before.identity()), after.transformed(*after.identity()),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_score_source_is_an_error():
+    from legr_edge.config import SearchConfig
+    from legr_edge.errors import LegrError
+
+    model, coupling, _ = _setup()
+    with pytest.raises(LegrError, match="score source must be one of filter, coupled"):
+        base_scores(model, coupling, source="gradient")
+    with pytest.raises(LegrError, match="--score-source must be one of"):
+        SearchConfig(score_source="gradient")

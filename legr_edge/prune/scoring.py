@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from legr_edge.errors import LegrError
@@ -34,6 +35,7 @@ from legr_edge.prune.coupling import Coupling
 
 NORMALISATIONS = ("zscore", "mean", "lamp", "none")
 REDUCTIONS = ("mean", "sum")
+SOURCES = ("filter", "coupled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,19 +73,27 @@ class LayerScores:
 
 
 def base_scores(model: nn.Module, coupling: Coupling, norm: str = "zscore",
-                reduce: str = "mean") -> LayerScores:
-    """Squared L2 norm of every scored conv filter, normalised, mapped to its global channel."""
+                reduce: str = "mean", source: str = "filter") -> LayerScores:
+    """Every scored conv filter's base score, normalised, mapped to its global channel:
+    its squared L2 norm (``source="filter"``, the paper's), or the magnitude of everything
+    its channel is coupled with (``"coupled"``, see :func:`coupled_channel_scores`)."""
     if norm not in NORMALISATIONS:
         raise LegrError(f"score normalisation must be one of {', '.join(NORMALISATIONS)}, got {norm!r}")
     if reduce not in REDUCTIONS:
         raise LegrError(f"group reduction must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    if source not in SOURCES:
+        raise LegrError(f"score source must be one of {', '.join(SOURCES)}, got {source!r}")
     modules = dict(model.named_modules())
     out_members = {m.name: m for m in coupling.members() if m.is_out}
+    coupled = coupled_channel_scores(model, coupling) if source == "coupled" else None
     layer_ids, raw, normed, chans, sigma = [], [], [], [], []
     for li, name in enumerate(coupling.scored_layers):
         member = out_members[name]
-        weight = modules[name].weight.detach().float().cpu()
-        s = weight.pow(2).flatten(1).sum(1).double().numpy()[member.idxs]
+        if coupled is None:
+            weight = modules[name].weight.detach().float().cpu()
+            s = weight.pow(2).flatten(1).sum(1).double().numpy()[member.idxs]
+        else:
+            s = coupled[member.roots]
         z = normalise(s, norm)
         layer_ids.append(np.full(len(s), li))
         raw.append(s)
@@ -95,6 +105,41 @@ def base_scores(model: nn.Module, coupling: Coupling, norm: str = "zscore",
         entry_score=np.concatenate(raw), entry_norm=np.concatenate(normed),
         entry_chan=np.concatenate(chans), sigma=np.asarray(sigma), num_channels=coupling.num_channels,
         norm=norm, reduce=reduce)
+
+
+def coupled_channel_scores(model: nn.Module, coupling: Coupling) -> np.ndarray:
+    """Per global channel: the mean over every module the channel is coupled with of that
+    module's squared weight magnitude for the channel, each module's values divided by
+    their mean over its channels (so no layer's scale dominates, and scaling a layer's
+    weights changes nothing). A channel's modules: the convs that write it (their output
+    filters), its BatchNorm scales, and the convs and linears that READ it (their input
+    slices, ``W[:, c]``): a filter whose output the next layer barely uses scores low even
+    when its own norm is large. Torch-Pruning's group magnitude importance looks at the
+    same parameters. Grouped convs' input side is left out (their output side covers it)."""
+    modules = dict(model.named_modules())
+    total = np.zeros(coupling.num_channels)
+    count = np.zeros(coupling.num_channels)
+    for m in coupling.members():
+        mod = modules.get(m.name)
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, torch.Tensor) or len(m.idxs) == 0:
+            continue
+        w = weight.detach().double().cpu()
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            if not m.is_out and getattr(mod, "groups", 1) != 1:
+                continue
+            part = w[m.idxs] if m.is_out else w[:, m.idxs].transpose(0, 1)
+            v = part.reshape(len(m.idxs), -1).pow(2).sum(1).numpy()
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            v = w[m.idxs].pow(2).numpy()
+        else:
+            continue
+        mean = float(v.mean())
+        if not mean > 0:
+            continue
+        np.add.at(total, m.roots, v / mean)
+        np.add.at(count, m.roots, 1.0)
+    return total / np.maximum(count, 1.0)
 
 
 def normalise(s: np.ndarray, norm: str) -> np.ndarray:
