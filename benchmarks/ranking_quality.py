@@ -349,6 +349,33 @@ def share_evolution(root: Path, run: Path, key: str) -> bool:
     return False
 
 
+def share_final_choice(ctx, root: Path, key: str) -> bool:
+    """Without ``--target-seeds``, the final choice is the one a variant WITH them made, less
+    the seeds computed at the targets (its re-scoring is the same deterministic computation):
+    rebuild this run's ranking.json from that variant's ``final`` instead of re-scoring every
+    finalist again. True when one was rebuilt."""
+    cfg, run = ctx.cfg, ctx.run
+    if cfg.target_seeds or (run / "ranking.json").exists() or not (run / "search_state.json").exists():
+        return False
+    ours = workflow._ranking_settings(cfg)
+    for other in sorted(root.glob("*/evolution_key")):
+        src = other.parent / "ranking.json"
+        if other.parent == run or other.read_text().strip() != key or not src.exists():
+            continue
+        done = json.loads(src.read_text())
+        if {k: v for k, v in done["settings"].items() if k != "target_seeds"} != ours:
+            continue
+        from legr_edge.evolution import load_state
+        state = load_state(run / "search_state.json")
+        best = state.candidate(done["best_index"])
+        members = workflow.choose_members(ctx, state, best, done["final"])
+        workflow.write_ranking(ctx, best, done["final"], members)
+        log.info("%s: final choice rebuilt from %s's re-scoring (without its target seeds)", run.name,
+                 other.parent.name)
+        return True
+    return False
+
+
 def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dict[float, np.ndarray] | None:
     """Search (or reuse) the ranking of LeGR variant ``variant`` with evolution seed ``seed``;
     the channel scores each target's network is cut with: the product's member choice, or
@@ -367,6 +394,7 @@ def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dic
                               scores=base_scores(dense, coupling, cfg.score_norm, cfg.group_reduce,
                                                  cfg.score_source))
     t0 = time.perf_counter()
+    share_final_choice(ctx, bench.root, key)
     ranking = workflow.search_ranking(ctx)
     log.info("%s: %s ranking (seed %d) ready in %.0fs", bench.setting, variant, seed, time.perf_counter() - t0)
     if one:
