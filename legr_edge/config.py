@@ -103,10 +103,9 @@ class SearchConfig:
             raise LegrError(f"--fitness must be 'accuracy' or 'loss', got {self.fitness!r}")
         if self.scoring not in SCORING:
             raise LegrError(f"--scoring must be one of {', '.join(SCORING)}, got {self.scoring!r}")
-        from legr_edge.prune.scoring import NORMALISATIONS, REDUCTIONS
+        from legr_edge.prune.scoring import NORMALISATIONS, REDUCTIONS, SOURCES
         if self.score_norm not in NORMALISATIONS:
             raise LegrError(f"--score-norm must be one of {', '.join(NORMALISATIONS)}, got {self.score_norm!r}")
-        from legr_edge.prune.scoring import SOURCES
         if self.score_source not in SOURCES:
             raise LegrError(f"--score-source must be one of {', '.join(SOURCES)}, got {self.score_source!r}")
         if self.group_reduce not in REDUCTIONS:
