@@ -11,7 +11,7 @@
      "layers": [{"name", "signature", "cin", "cout", "in_fixed", "out_fixed", ...}],
      "signatures": {sig: {"in_widths": [..], "out_widths": [..], "ms": [[..]],  # [in][out]
                           "noise_ms": [[..]], "depthwise": bool}},
-     "calibration": {"kind": "constant"|"affine", "scale", "overhead_ms",
+     "calibration": {"kind": "constant"|"affine"|"ratio", "scale", "overhead_ms",
                      "configs": [{"role": "fit"|"held_out", "measured_ms", "layer_sum_ms", ...}]},
      "error": {"held_out_median_pct", "held_out_max_pct", "fit_median_pct", "n_held_out"},
      "noise_ms": median over grid points of the spread between timing rounds}
@@ -208,17 +208,26 @@ def _validate(data: Any, source: str) -> None:
 
 
 def fit_calibration(layer_sums: Sequence[float], measured: Sequence[float]) -> Dict[str, float]:
-    """predicted = scale * layer_sum + overhead: a constant overhead, or an affine fit when
-    at least 4 points support it and it fits them better (scale kept within [0.5, 2])."""
+    """predicted = scale * layer_sum + overhead: a constant overhead, an affine fit when at
+    least 4 points support it (scale kept within [0.5, 2]), or a pure scale (``ratio``),
+    whichever fits the points best among those whose overhead is not negative.
+
+    A negative overhead happens (isolated layers each pay a call's overhead, so their sum
+    can exceed the whole network's time), but it predicts a negative latency for a network
+    small enough, and the search and ``pick`` compare predictions of small networks. So a
+    fit with a negative overhead is not used; the ratio (overhead 0) then covers that case:
+    every prediction stays positive."""
     s, m = np.asarray(layer_sums, float), np.asarray(measured, float)
-    const = {"kind": "constant", "scale": 1.0, "overhead_ms": float(np.median(m - s))}
-    if len(s) < 4 or np.ptp(s) <= 0:
-        return const
-    scale, overhead = np.polyfit(s, m, 1)
-    affine = {"kind": "affine", "scale": float(scale), "overhead_ms": float(overhead)}
-    if not 0.5 <= scale <= 2.0:
-        return const
-    return affine if _median_err(affine, s, m) < _median_err(const, s, m) else const
+    fits = [{"kind": "constant", "scale": 1.0, "overhead_ms": float(np.median(m - s))}]
+    if len(s) >= 4 and np.ptp(s) > 0:
+        scale, overhead = np.polyfit(s, m, 1)
+        if 0.5 <= scale <= 2.0:
+            fits.append({"kind": "affine", "scale": float(scale), "overhead_ms": float(overhead)})
+    pos = s > 0
+    if pos.any():
+        fits.append({"kind": "ratio", "scale": float(np.median(m[pos] / s[pos])), "overhead_ms": 0.0})
+    usable = [f for f in fits if f["overhead_ms"] >= 0] or [dict(fits[0], overhead_ms=0.0)]
+    return min(usable, key=lambda f: _median_err(f, s, m))
 
 
 def _median_err(cal: Mapping[str, float], s: np.ndarray, m: np.ndarray) -> float:

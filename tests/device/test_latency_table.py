@@ -103,6 +103,18 @@ def test_calibration_recovers_constant_and_affine_overheads() -> None:
     assert (affine["scale"], affine["overhead_ms"]) == (pytest.approx(1.5), pytest.approx(0.2))
 
 
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_calibration_never_predicts_a_negative_latency(n: int) -> None:
+    """Layers timed alone can sum to more than the whole network (each pays a call's
+    overhead): a fitted negative overhead would predict a small network below 0 ms, so the
+    calibration keeps a non-negative overhead (here a pure scale) instead."""
+    s = np.array([1.0, 2.0, 3.0, 4.0, 5.0])[:n]
+    cal = fit_calibration(s, 0.8 * s - 0.3)
+    assert cal["overhead_ms"] >= 0 and cal["kind"] == "ratio"
+    assert 0.5 < cal["scale"] < 0.8
+    assert cal["scale"] * 0.01 + cal["overhead_ms"] > 0      # a tiny network: still positive
+
+
 # ----- the command ----------------------------------------------------------------------------
 def test_command_writes_a_table_that_predicts(run_dir: Path, fast_profile: Path) -> None:
     data = _build(run_dir, fast_profile)
