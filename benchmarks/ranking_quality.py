@@ -4,9 +4,10 @@ From ONE dense checkpoint per setting (data set + model) and with the SAME fine-
 budget, prune to each MAC target with every method and compare test top-1 over
 paired seeds:
 
-- ``legr``: the product's learned ranking (``--scoring v2``: per-layer z-scored filter
-  norms, group mean, evolution seeded with identity, raw L2, uniform and uniform with
-  wider residual streams, well-scaled, a fitness of 10 SGD steps on common batches +
+- ``legr``: the product's learned ranking (``--scoring v2``: coupled base scores (a
+  channel's magnitude in every weight it touches), z-scored per layer, group mean,
+  evolution seeded with identity, the paper's rule, uniform and uniform with wider
+  residual streams, well-scaled, a fitness of 10 SGD steps on common batches +
   BatchNorm recalibration + validation loss), searched at the smallest target; the
   finalists and seeds are re-scored at every target, the uniform and stream seeds
   computed AT each other target are re-scored there (``--target-seeds``), and each
@@ -14,6 +15,9 @@ paired seeds:
 - ``legr_no_target_seeds`` (``--methods``): the same search (its evolution is shared
   through the cache, see ``share_evolution``) without the seeds computed at each target:
   the product's method of the sixth session;
+- ``legr_filter`` (``--methods``): the same method on the paper's base score, each
+  filter's own squared norm (``--score-source filter``, the default up to the seventh
+  session): the ablation of the coupled score, at every target;
 - ``legr_one`` (``--methods``): the same search, every target cut with its one winning
   ranking (``--member-choice one``), to measure what the per-member choice adds;
 - ``legr_paper``: the published method (``--scoring paper``), same search budget;
@@ -95,15 +99,17 @@ log = logging.getLogger("benchmarks.ranking_quality")
 NAME = "ranking_quality"
 METHODS = ("legr", "legr_paper", "l2", "uniform", "random", "tp_magnitude")
 # The variants measured before the stream seeds joined the product's method keep that method
-# (no stream seeds), so their cached searches stay valid; ``abl_no_stream`` is that method.
-BEFORE_STREAMS: dict[str, Any] = {"stream_seeds": (), "target_seeds": False}
+# (no stream seeds, filter base scores), so their cached searches stay valid; ``abl_no_stream``
+# is that method.
+BEFORE_STREAMS: dict[str, Any] = {"stream_seeds": (), "target_seeds": False, "score_source": "filter"}
 LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     "legr": {},
     # the product's method before the seeds computed at every family target joined it (the
     # same evolution as legr's, shared through the cache; only the member choice differs)
     "legr_no_target_seeds": {"target_seeds": False},
-    # the product's method on coupled base scores (a channel scored by every weight it touches)
-    "legr_coupled": {"score_source": "coupled"},
+    # the product's method on the paper's base score, a filter's own norm (the default up to
+    # the seventh session, then measured as legr_coupled's alternative)
+    "legr_filter": {"score_source": "filter"},
     "legr_paper": dict(SCORING["paper"], scoring="paper"),
     # the ablation: each change of the product's method switched off alone
     "abl_no_stream": dict(BEFORE_STREAMS),  # no stream seeds (the method of earlier sessions)
@@ -403,7 +409,7 @@ def legr_scores(bench: Bench, seed: int, variant: str, one: bool = False) -> dic
 
 
 def l2_scores(bench: Bench) -> np.ndarray:
-    raw = base_scores(bench.ctx.dense, bench.pruner.coupling, "none", "sum")
+    raw = base_scores(bench.ctx.dense, bench.pruner.coupling, "none", "sum", "filter")
     return raw.transformed(*raw.identity())
 
 
@@ -732,6 +738,40 @@ def paired(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any
     return out
 
 
+def variant_pairs(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """legr minus each other LeGR variant in ``methods`` (what one change of the product's
+    method is worth at every target), paired by seed, fine-tuned and recalibrated top-1."""
+    out = []
+    variants = [m for m in methods if m in LEGR_VARIANTS and m not in ("legr", "legr_paper")]
+    for setting, target in sorted({(r["setting"], r["target"]) for r in rows}, key=lambda k: (k[0], -k[1])):
+        for variant in variants:
+            for metric in ("test_top1", "recal_top1"):
+                per = [{r["seed"]: r[metric] for r in _by(rows, setting=setting, target=target, method=m)
+                        if r[metric] is not None} for m in ("legr", variant)]
+                seeds = sorted(set(per[0]) & set(per[1]))
+                if not seeds:
+                    continue
+                mean, lo, hi = paired_ci([per[0][s] - per[1][s] for s in seeds])
+                out.append({"setting": setting, "target": target, "metric": metric, "versus": variant,
+                            "n": len(seeds), "diff_mean": mean, "ci95_low": lo, "ci95_high": hi})
+    return out
+
+
+def variant_table(vpairs) -> tuple[list[str], list[list[str]]]:
+    header = ["setting", "target", "legr minus", "n", "fine-tuned [95% CI]", "after recalibration only"]
+    cells: dict[tuple, dict[str, Any]] = {}
+    for p in vpairs:
+        cells.setdefault((p["setting"], p["target"], p["versus"]), {})[p["metric"]] = p
+    rows = []
+    for (setting, target, versus), by in cells.items():
+        row = [setting, f"{target:.2f}", versus, str(max(p["n"] for p in by.values()))]
+        for metric in ("test_top1", "recal_top1"):
+            p = by.get(metric)
+            row.append(_ci(p["diff_mean"], p["ci95_low"], p["ci95_high"]) if p else "-")
+        rows.append(row)
+    return header, rows
+
+
 def ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each ablation variant minus its base (ABLATION_BASE) at the search target, paired by seed."""
     out = []
@@ -871,20 +911,25 @@ def main(argv=None) -> int:
 def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elapsed: float,
            norm_rows: dict[str, list[dict[str, Any]]], spread: dict[str, list[dict[str, Any]]]) -> None:
     summary, pairs, abl = summarize(rows), paired(rows, methods), ablation(rows)
+    vpairs = variant_pairs(rows, methods)
     header, trows = table_rows(summary, pairs, methods)
     print("\nTest top-1 (%): fine-tuned mean±std / after recalibration only (achieved MACs/dense); dense: "
           + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()))
     print(common.text_table(trows, header))
+    if vpairs:
+        print(common.text_table(*reversed(variant_table(vpairs))))
     if abl:
         print(common.text_table(*reversed(ablation_table(abl))))
     print(f"wall time {elapsed / 60:.1f} min")
     settings = {"targets": targets, "seeds": seeds, "methods": methods, "budgets": budgets,
                 "dense_test_top1": dense, "wall_s": elapsed, "variants": LEGR_VARIANTS}
     common.write_results(out, meta, rows, COLUMNS, settings, {"table": summary, "paired": pairs, "ablation": abl,
+                                                              "variant_pairs": vpairs,
                                                               "normalisation": norm_rows,
                                                               "operator_spread": spread},
                          extra_csvs={"summary.csv": (summary, SUMMARY_COLUMNS),
                                      "paired.csv": (pairs, PAIRED_COLUMNS),
+                                     "variants.csv": (vpairs, PAIRED_COLUMNS),
                                      "ablation.csv": (abl, ABLATION_COLUMNS)})
     png = out / f"{NAME}.png"
     plot(summary, dense, [m for m in methods], png)
@@ -897,6 +942,10 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
         + "; ".join(f"{s} {v}" for s, v in held.items()) + ". Dense: "
         + ", ".join(f"{d} {v:.2f}" for d, v in dense.items()) + f". Wall time {elapsed / 60:.1f} min.",
         common.md_table(trows, header)]
+    if vpairs:
+        parts += ["The product's method (`legr`) minus each of its variants listed above, paired by seed "
+                  "(positive = the product's method is ahead; each variant switches one thing off, see "
+                  "`LEGR_VARIANTS`):", common.md_table(*reversed(variant_table(vpairs)))]
     if abl:
         parts += ["Ablation at the search target: each change of the product's method switched off alone, "
                   "paired difference to its base (negative = the change helps). `abl_no_stream` is the "

@@ -37,11 +37,11 @@ class SearchConfig:
     targets: tuple[float, ...] = DEFAULT_TARGETS
     search_target: float | None = None   # default: the smallest target
     scoring: str = "v2"                  # v2 (the product's) | paper (the published method)
-    score_norm: str = "zscore"           # per-layer normalisation of filter norms: zscore|mean|lamp|none
+    score_norm: str = "zscore"           # per-layer normalisation of the base scores: zscore|mean|lamp|none
     group_reduce: str = "mean"           # a coupled channel's score: mean | sum of its members'
-    score_source: str = "filter"         # filter: a filter's own norm (paper) | coupled: every weight
-                                         # its channel touches (writers, BatchNorm, readers' inputs)
-    seed_population: bool = True         # seed identity, paper raw-L2 and uniform pruning
+    score_source: str = "coupled"        # coupled: every weight a channel touches (writers, BatchNorm,
+                                         # readers' inputs) | filter: a filter's own norm (the paper's)
+    seed_population: bool = True         # seed identity, the paper's rule and uniform pruning
     stream_seeds: tuple[float, ...] = (0.25, 0.5)  # and uniform pruning with wider residual streams
     init_scale: float = 0.5              # std of log-alpha and kappa/sigma of random initial members
     mutate_scale: float = 0.5            # the same for mutations

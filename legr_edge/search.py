@@ -72,15 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-target", type=float, help="MAC fraction the ranking is learned at (smallest target)")
     g.add_argument("--scoring", help="v2 (default: normalised scores, seeded search, validation loss "
                                      "after 10 common SGD steps and BatchNorm recalibration) or paper (the published method, for comparison)")
-    g.add_argument("--score-norm", help="per-layer normalisation of filter norms: zscore (default), mean, "
+    g.add_argument("--score-norm", help="per-layer normalisation of the base scores: zscore (default), mean, "
                                         "lamp, none")
-    g.add_argument("--score-source", help="what a filter's base score measures: filter (default: its own "
-                                          "squared L2 norm, the paper's) or coupled (every weight its channel "
-                                          "touches: the convs writing it, its BatchNorm, the inputs of the "
-                                          "layers reading it)")
+    g.add_argument("--score-source", help="what a filter's base score measures: coupled (default: every "
+                                          "weight its channel touches: the convs writing it, its BatchNorm, "
+                                          "the inputs of the layers reading it) or filter (its own squared "
+                                          "L2 norm, the paper's)")
     g.add_argument("--group-reduce", help="score of a coupled channel: mean (default) or sum of its members'")
     g.add_argument("--no-seed-population", dest="seed_population", action="store_false",
-                   help="do not seed the search with the identity, paper raw-L2, uniform and stream rankings")
+                   help="do not seed the search with the identity, the paper's, uniform and stream rankings")
     g.add_argument("--stream-seeds", type=_floats,
                    help="also seed uniform pruning with the residual streams (channels several convs "
                         "write, tied by residual additions) kept wider: s keeps u + s*(1-u) of a stream, "

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # Settings that may differ between an interrupted run and its --resume.
 RESUME_MAY_DIFFER = {"device", "export", "opset", "out", "workers", "ray_address"}
 # keys added after runs were made, whose default then changed: a run without the key had this
-LEGACY_VALUES: dict[str, Any] = {"stream_seeds": [], "target_seeds": False}
+LEGACY_VALUES: dict[str, Any] = {"stream_seeds": [], "target_seeds": False, "score_source": "filter"}
 
 
 @dataclasses.dataclass
@@ -380,12 +380,20 @@ def search_ranking(ctx: Context, pool=None) -> LearnedRanking:
 
 
 def seed_transforms(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The initial population's seeds: identity (normalised scores), the paper's raw-L2
-    ranking, and the seeds computed at the search target (:func:`target_seed_transforms`)."""
+    """The initial population's seeds: identity (normalised scores), the paper's rule, and
+    the seeds computed at the search target (:func:`target_seed_transforms`).
+
+    The paper's rule is raw (unnormalised) base scores, a group SUMMING its members. On
+    ``--score-source filter`` that is the paper's raw-L2 ranking exactly (``paper_l2``). On
+    ``coupled`` (the default) the base score of a filter is no longer its own norm, so the
+    paper's ranking is not a point of the search space (it orders filters inside a layer
+    differently); the seed is then the paper's rule on the coupled magnitudes
+    (``paper_sum``): their group sum, which cuts the residual streams last. The paper's own
+    ranking stays measurable with ``--score-source filter`` or ``--scoring paper``."""
     scores = ctx.scores
     seeds = {"identity": scores.identity()}
     if scores.norm != "lamp":
-        seeds["paper_l2"] = paper_transform(scores)
+        seeds["paper_l2" if scores.source == "filter" else "paper_sum"] = paper_transform(scores)
     seeds.update(target_seed_transforms(ctx, ctx.cfg.effective_search_target))
     return seeds
 

@@ -198,3 +198,18 @@ def test_the_same_cut_has_the_same_digest_whichever_method_made_it():
     with torch.no_grad():
         b.conv1.weight[0, 0, 0, 0] += 1e-3
     assert net_digest(a) != net_digest(b)
+
+
+def test_the_product_method_is_paired_with_each_of_its_variants_at_every_target():
+    from benchmarks.ranking_quality import variant_pairs, variant_table
+
+    rows = [_row(m, s, v + s, target=t) for s in range(3) for t in (0.5, 0.2)
+            for m, v in (("legr", 80.0 + (t == 0.2)), ("legr_filter", 79.0), ("uniform", 85.0))]
+    pairs = variant_pairs(rows, ["legr", "legr_filter", "uniform"])
+    tuned = {p["target"]: p for p in pairs if p["metric"] == "test_top1"}
+    assert {p["versus"] for p in pairs} == {"legr_filter"}  # uniform is an other method, not a variant
+    assert tuned[0.5]["diff_mean"] == pytest.approx(1.0) and tuned[0.2]["diff_mean"] == pytest.approx(2.0)
+    assert tuned[0.2]["n"] == 3
+    header, table = variant_table(pairs)
+    assert [r[:4] for r in table] == [["s/m", "0.50", "legr_filter", "3"], ["s/m", "0.20", "legr_filter", "3"]]
+    assert table[1][4].startswith("+2.00")

@@ -293,3 +293,29 @@ def test_unknown_score_source_is_an_error():
         base_scores(model, coupling, source="gradient")
     with pytest.raises(LegrError, match="--score-source must be one of"):
         SearchConfig(score_source="gradient")
+
+
+def test_on_coupled_scores_the_paper_seed_is_the_papers_group_sum_of_them():
+    """On the default (coupled) scores the paper's rule (raw scores, a group SUMS its
+    members) is the seed ``paper_sum``: each channel's coupled magnitude times the number of
+    convs writing it, so a residual stream outscores every inner channel of the same
+    magnitude. On filter scores the same seed is the paper's raw-L2 ranking, ``paper_l2``."""
+    from types import SimpleNamespace
+
+    from legr_edge.config import SearchConfig
+    from legr_edge.prune.scoring import coupled_channel_scores
+    from legr_edge.workflow import seed_transforms
+
+    model, coupling, pruner = _setup()
+    assert SearchConfig().score_source == "coupled"
+    ls = base_scores(model, coupling, source="coupled")
+    seeds = seed_transforms(SimpleNamespace(scores=ls, pruner=pruner, dense=model,
+                                            cfg=SearchConfig(targets=(0.5, 0.3), stream_seeds=())))
+    assert list(seeds) == ["identity", "paper_sum", "uniform"]
+    expected = coupled_channel_scores(model, coupling) * ls.members_per_channel
+    written = ls.members_per_channel > 0
+    np.testing.assert_allclose(ls.transformed(*seeds["paper_sum"])[written], expected[written], rtol=1e-9)
+    assert ls.members_per_channel.max() > 1  # the stream groups are summed over several convs
+    filt = base_scores(model, coupling, source="filter")
+    assert "paper_l2" in seed_transforms(SimpleNamespace(scores=filt, pruner=pruner, dense=model,
+                                                         cfg=SearchConfig(targets=(0.5, 0.3), stream_seeds=())))

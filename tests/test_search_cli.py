@@ -44,7 +44,7 @@ def test_ranking_records_the_method_seeds_and_final_choice(tiny_run):
     ranking = json.loads((tiny_run / "ranking.json").read_text())
     assert (ranking["scoring"], ranking["score_norm"], ranking["group_reduce"]) == ("v2", "zscore", "mean")
     state = json.loads((tiny_run / "search_state.json").read_text())
-    assert len(state["seeds"]) == 3                       # identity, paper raw-L2, uniform
+    assert len(state["seeds"]) == 3                       # identity, the paper's rule, uniform
     assert state["history"][0]["alpha"] == [1.0] * 21 and state["history"][0]["kappa"] == [0.0] * 21
     final = {f["index"]: f for f in ranking["final"]}
     assert {0, 1, 2} <= set(final) and all(final[i]["seed"] for i in (0, 1, 2))
@@ -421,3 +421,20 @@ def test_seeds_beyond_the_population_are_left_out(tiny_run):
     assert ranking["settings"]["stream_seeds"] == [0.25, 0.5] and ranking["settings"]["population"] == 3
     state = json.loads((tiny_run / "search_state.json").read_text())
     assert len(state["seeds"]) == 3
+
+
+def test_a_run_made_before_the_coupled_score_resumes_only_with_the_filter_score(tmp_path):
+    """config.json of a run made before --score-source existed has no such key: that run
+    scored filters by their own norm, so resuming it under today's default (coupled) is
+    refused by name, and --score-source filter resumes it."""
+    from legr_edge.config import SearchConfig
+    from legr_edge.errors import LegrError
+    from legr_edge.workflow import _check_same_run
+
+    old = SearchConfig(score_source="filter").to_dict()
+    old.pop("score_source")
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(old))
+    with pytest.raises(LegrError, match="score_source: 'filter' -> 'coupled'"):
+        _check_same_run(saved, SearchConfig())
+    _check_same_run(saved, SearchConfig(score_source="filter"))

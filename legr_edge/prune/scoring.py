@@ -21,6 +21,17 @@ Two ways of doing this, both kept so the difference stays measurable
   then only sets how sharply a layer is cut and kappa where, and the paper's raw-L2
   ranking is still one exact point of the search space (``paper_transform``). The
   measurement behind the choice is in benchmarks/RESULTS.md ("score normalisation").
+
+What ``s_i`` measures (``source``): ``filter`` is the paper's, the filter's own squared
+norm. ``coupled`` (the product's default) is the magnitude of everything the filter's
+channel touches (:func:`coupled_channel_scores`): a filter the next layer barely reads
+scores low however large its own norm. Measured on shapes/ResNet-20 (RESULTS.md,
+"ranking_quality (full, eighth session)"), this choice of filters INSIDE a group is where
+Torch-Pruning's magnitude pruner beat the own-norm score, by about 3 points at 0.2 of the
+MACs. Under ``coupled`` every member of a channel shares one base score, so a group's
+mean is that score normalised per layer, and the paper's raw-L2 ranking is no longer a
+point of the search space (``paper_transform`` then gives the paper's group SUM of the
+coupled magnitudes).
 """
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ class LayerScores:
     num_channels: int
     norm: str = "zscore"
     reduce: str = "mean"
+    source: str = "filter"
 
     @property
     def members_per_channel(self) -> np.ndarray:
@@ -104,7 +116,7 @@ def base_scores(model: nn.Module, coupling: Coupling, norm: str = "zscore",
         layer_names=coupling.scored_layers, entry_layer=np.concatenate(layer_ids),
         entry_score=np.concatenate(raw), entry_norm=np.concatenate(normed),
         entry_chan=np.concatenate(chans), sigma=np.asarray(sigma), num_channels=coupling.num_channels,
-        norm=norm, reduce=reduce)
+        norm=norm, reduce=reduce, source=source)
 
 
 def coupled_channel_scores(model: nn.Module, coupling: Coupling) -> np.ndarray:
