@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(dataset="digits", pretrain_epochs=2, population=4, sample=2, candidates=6,
                   recal_batches=2, tau=2, finalists=2, final_rounds=1, finetune_epochs=1,
                   targets=(0.5, 0.3), batch_size=64),
-    # The embedded default run (shapes + ResNet-20): under 10 minutes on 2 CPU cores.
+    # The embedded default run (shapes + ResNet-20): 9-16 min on 2 CPU cores (README).
     "default": {},
     # For a long fine-tune (a real data set, many epochs): the default budget, each candidate
     # trained 50 steps before it is scored (the default: 10); the search takes 3-4x as long.

@@ -2,7 +2,7 @@
 
 Examples (from the repository root):
 
-    # the embedded default: shapes (generated, no download) + CIFAR ResNet-20, < 10 min on 2 cores
+    # the embedded default: shapes (generated, no download) + CIFAR ResNet-20, 9-16 min on 2 cores
     python -m legr_edge.search
     # a seconds-long check of the whole pipeline (digits, which ships with the package)
     python -m legr_edge.search --preset smoke --out runs/smoke
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation (0.1)")
     g.add_argument("--list-models", action="store_true", help="print the registered models and exit")
     g = p.add_argument_group("run")
-    g.add_argument("--preset", help="smoke (seconds), default (embedded run, <10 min on 2 CPU cores), "
+    g.add_argument("--preset", help="smoke (seconds), default (embedded run, 9-16 min on 2 CPU cores), "
                                     "thorough (tau 50, for a long fine-tune: the search takes 3-4x as long), paper")
     g.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
