@@ -40,8 +40,10 @@ mean), with a 95% confidence interval (Student's t over seeds).
 
 The ablation (at the search target) switches each change of the product's method off
 alone and reports its paired difference to the method it was switched off from
-(``ABLATION_BASE``: ``legr`` for the stream seeds, ``abl_no_stream`` for the earlier
-changes, which were measured before the stream seeds joined the method).
+(``ABLATION_BASE``: ``legr_filter`` for the stream seeds, ``abl_no_stream`` for the
+earlier changes, which were measured before the stream seeds joined the method; both keep
+the own-norm score they were measured with). The coupled score, the newest change, is
+measured at every target instead: ``legr`` minus ``legr_filter``, with ``--methods``.
 
 Everything is cached under ``--work-dir`` (dense models, rankings, fine-tune results,
 keyed by their settings), so a rerun or an interrupted run reuses what is done. Two
@@ -135,8 +137,13 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
 # variant keys that change the pruner's floors or rounding, not only the search
 PRUNER_FIELDS = ("round_to", "min_fraction", "min_channels")
 ABLATIONS = tuple(k for k in LEGR_VARIANTS if k.startswith("abl_"))
-# what an ablation variant is compared with: the method it switches one change off from
-ABLATION_BASE = {k: "legr" if k == "abl_no_stream" else "abl_no_stream" for k in ABLATIONS}
+# what an ablation variant is compared with: the method it switches one change off from. The
+# ablation keeps the own-norm score it was measured with: abl_no_stream is legr_filter without
+# the stream seeds (and the seeds at every target, made of them); the coupled score itself is
+# measured at every target by legr minus legr_filter (variant_pairs)
+ABLATION_BASE = {k: "legr_filter" if k == "abl_no_stream" else "abl_no_stream" for k in ABLATIONS}
+# what the ablation step runs: the variants, and the bases that are not variants themselves
+ABLATION_RUNS = ABLATIONS + tuple(sorted(set(ABLATION_BASE.values()) - set(ABLATIONS)))
 # legr's own search, every member cut with its one winning ranking (--member-choice one)
 LEGR_ONE = "legr_one"
 # a hand-made reference (the stream seed without search); not counted among the "other" methods
@@ -588,7 +595,7 @@ def run_setting(bench: Bench, methods: list[str], seeds: list[int], ablation: in
                 rows.append(cached_row(bench, method, target, seed, make))
                 bar.update(1)
     for seed in seeds[:ablation]:
-        for variant in ABLATIONS:
+        for variant in ABLATION_RUNS:
             sc = legr_scores(bench, seed, variant)
             rows.append(cached_row(bench, variant, search_target, seed,
                                    lambda sc=sc, v=variant: masked_net(bench, sc, search_target,
@@ -893,7 +900,7 @@ def main(argv=None) -> int:
         bench = prepare(setting, budget, targets, args.work_dir, device)
         dense[setting] = bench.dense_row["test_top1"]
         n_ablation = min(args.ablation_seeds, len(seeds)) if setting in ablate else 0
-        n = len(seeds) * len(targets) * len(methods) + n_ablation * len(ABLATIONS)
+        n = len(seeds) * len(targets) * len(methods) + n_ablation * len(ABLATION_RUNS)
         if setting in ablate:
             norm_rows[setting] = [r for r in norm_study(bench, seeds[:1]) if r is not None]
             spread[setting] = operator_spread(bench)
@@ -948,9 +955,11 @@ def report(meta, out: Path, rows, methods, dense, budgets, targets, seeds, elaps
                   "`LEGR_VARIANTS`):", common.md_table(*reversed(variant_table(vpairs)))]
     if abl:
         parts += ["Ablation at the search target: each change of the product's method switched off alone, "
-                  "paired difference to its base (negative = the change helps). `abl_no_stream` is the "
-                  "product's method without the stream seeds; the earlier changes were measured before "
-                  "those joined it, so each of them is switched off from `abl_no_stream`:",
+                  "paired difference to its base (negative = the change helps). `abl_no_stream` is "
+                  "`legr_filter` (the own-norm score) without the stream seeds and the seeds at every "
+                  "target; the earlier changes were measured before those joined it, so each of them is "
+                  "switched off from `abl_no_stream` (the coupled score: `legr` minus `legr_filter`, "
+                  "above):",
                   common.md_table(*reversed(ablation_table(abl)))]
     for setting, nrows in norm_rows.items():
         print(common.text_table(*reversed(norm_table(nrows))))
