@@ -109,8 +109,8 @@ LEGR_VARIANTS: dict[str, dict[str, Any]] = {
     # the product's method before the seeds computed at every family target joined it (the
     # same evolution as legr's, shared through the cache; only the member choice differs)
     "legr_no_target_seeds": {"target_seeds": False},
-    # the product's method on the paper's base score, a filter's own norm (the default up to
-    # the seventh session, then measured as legr_coupled's alternative)
+    # the product's method on the paper's base score, a filter's own norm (--score-source
+    # filter, the default up to the seventh session)
     "legr_filter": {"score_source": "filter"},
     "legr_paper": dict(SCORING["paper"], scoring="paper"),
     # the ablation: each change of the product's method switched off alone

@@ -172,7 +172,9 @@ def normalise(s: np.ndarray, norm: str) -> np.ndarray:
 
 
 def paper_transform(scores: LayerScores) -> tuple[np.ndarray, np.ndarray]:
-    """(alpha, kappa) that reproduce the paper's ranking (raw squared norms, group SUM).
+    """(alpha, kappa) that reproduce the paper's rule on these base scores (raw, group SUM):
+    on ``source="filter"`` the paper's raw-L2 ranking, on ``"coupled"`` the group sum of
+    the coupled magnitudes.
 
     Exact for the linear normalisations (``zscore``, ``mean``, ``none``) wherever every
     channel of a group has the same number of scored members (true for residual chains

@@ -111,8 +111,7 @@ def test_a_calibration_never_predicts_a_negative_latency(n: int) -> None:
     s = np.array([1.0, 2.0, 3.0, 4.0, 5.0])[:n]
     cal = fit_calibration(s, 0.8 * s - 0.3)
     assert cal["overhead_ms"] >= 0 and cal["kind"] == "ratio"
-    assert 0.5 < cal["scale"] < 0.8
-    assert cal["scale"] * 0.01 + cal["overhead_ms"] > 0      # a tiny network: still positive
+    assert 0.5 < cal["scale"] < 0.8                           # so a tiny network stays above 0 ms
 
 
 # ----- the command ----------------------------------------------------------------------------
